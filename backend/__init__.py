@@ -1,0 +1,1 @@
+"""MLAssist's ML backend: the HTTP face Label Studio talks to."""

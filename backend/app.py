@@ -1,0 +1,199 @@
+"""The HTTP face Label Studio talks to: the ML-backend protocol on Flask.
+
+Routes stay thin: parse, call a plain function, return JSON. Label Studio's read timeouts
+(LABEL_STUDIO_FACTS.md): /health 1 s, /setup 3 s, /predict 100 s, /webhook 1 s for project
+webhooks; the model loads in the background so /health and /setup answer from the first second.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from backend.errors import BadRequest, MLAssistError
+from backend.images import ImageFetcher
+from backend.label_config import LabelConfig, coverage, parse_label_config
+from backend.labelstudio import LabelStudioAuth
+from backend.metrics import Metrics
+from backend.model.detector import DetectorHolder, ModelSpec
+from backend.predictions import PredictOptions, Predictor
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SETUP_MODEL_WAIT_S = 2.0  # Label Studio waits 3 s for /setup
+PREDICT_MODEL_WAIT_S = 60.0
+PROJECT_CONFIGS_KEPT = 256
+WEBHOOK_ACTIONS = frozenset({
+    "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING",
+    "TASKS_CREATED", "PROJECT_UPDATED",
+})
+UNAUTHENTICATED_ROUTES = frozenset({"/health"})
+
+
+def _json_body() -> dict[str, Any]:
+    """The request body as a JSON object, or BadRequest saying why not."""
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _project_key(body: dict[str, Any]) -> str | None:
+    project = body.get("project")
+    return str(project) if isinstance(project, str | int) else None
+
+
+def _credentials_match(settings: Settings) -> bool:
+    auth = request.authorization
+    if auth is None or auth.type != "basic":
+        return False
+    user_ok = hmac.compare_digest((auth.username or "").encode(),
+                                  settings.basic_auth_user.encode())
+    pass_ok = hmac.compare_digest((auth.password or "").encode(),
+                                  settings.basic_auth_pass.encode())
+    return user_ok and pass_ok
+
+
+def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
+               fetcher: ImageFetcher | None = None) -> Flask:
+    """Build the backend app; starts loading the model in the background unless given one."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    metrics = Metrics()
+    if holder is None:
+        holder = DetectorHolder(ModelSpec.from_settings(settings), settings.device,
+                                settings.effective_torch_threads()).start()
+    if fetcher is None:
+        fetcher = ImageFetcher(
+            LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key),
+            settings.allowed_image_hosts, max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels, timeout=settings.image_fetch_timeout)
+    predictor = Predictor(
+        fetcher,
+        PredictOptions(score_threshold=settings.score_threshold,
+                       max_boxes=settings.max_boxes_per_image,
+                       batch_size=settings.predict_batch_size,
+                       time_budget=settings.predict_time_budget),
+        on_task_error=lambda reason: metrics.task_errors.labels(reason).inc())
+    project_configs: dict[str, str] = {}
+    app.extensions["mlassist"] = {"holder": holder, "metrics": metrics, "settings": settings}
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        g.started = time.perf_counter()
+        if settings.auth_enabled and request.path not in UNAUTHENTICATED_ROUTES \
+                and not _credentials_match(settings):
+            response = jsonify(error="authentication required: this backend uses HTTP Basic "
+                                     "auth; set the ML backend's Basic auth user and password "
+                                     "in Label Studio")
+            response.status_code = 401
+            response.headers["WWW-Authenticate"] = 'Basic realm="MLAssist"'
+            return response
+        return None
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - g.get("started",
+                                                                           time.perf_counter()))
+        return response
+
+    @app.errorhandler(MLAssistError)
+    def mlassist_error(exc: MLAssistError) -> tuple[Response, int]:
+        return jsonify(error=str(exc)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=exc.description or exc.name), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(error="internal error; the server log has the details"), 500
+
+    def config_for(body: dict[str, Any], key: str) -> LabelConfig:
+        xml = body.get(key)
+        project = _project_key(body)
+        if xml is None and project is not None:
+            xml = project_configs.get(project)
+        if not isinstance(xml, str):
+            raise BadRequest(f"`{key}` (the project's label config XML) is missing")
+        config = parse_label_config(xml)
+        if project is not None:
+            if len(project_configs) >= PROJECT_CONFIGS_KEPT and project not in project_configs:
+                project_configs.pop(next(iter(project_configs)))
+            project_configs[project] = xml
+        return config
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(status="UP", model_loaded=holder.ready, model_version=holder.version)
+
+    @app.post("/setup")
+    def setup() -> Response:
+        body = _json_body()
+        config = config_for(body, "schema")
+        detector = holder.peek()
+        if detector is None:
+            try:
+                detector = holder.get(timeout=SETUP_MODEL_WAIT_S)
+            except MLAssistError:
+                detector = None
+        answer: dict[str, Any] = {"model_version": holder.version}
+        if detector is not None:
+            labels = coverage(detector.class_names, config)
+            answer["labels_covered"] = labels["covered"]
+            answer["labels_uncovered"] = labels["uncovered"]
+            logger.info("setup project %s: model %s covers %s; not (yet) %s",
+                        _project_key(body), detector.version, labels["covered"] or "none",
+                        labels["uncovered"] or "none")
+        return jsonify(answer)
+
+    @app.post("/predict")
+    def predict() -> Response:
+        body = _json_body()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("`tasks` must be a list of Label Studio tasks")
+        config = config_for(body, "label_config")
+        detector = holder.get(timeout=PREDICT_MODEL_WAIT_S)
+        metrics.model_loaded.set(1)
+        metrics.model_info.labels(detector.version, holder.spec.arch).set(1)
+        results = predictor.predict(detector, tasks, config)
+        predicted = [item for item in results if "result" in item]
+        metrics.tasks_predicted.inc(len(predicted))
+        metrics.boxes.inc(sum(len(item["result"]) for item in predicted))
+        return jsonify(results=results, model_version=detector.version)
+
+    @app.get("/versions")
+    def versions() -> Response:
+        return jsonify(versions=[holder.version])
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        body = _json_body()
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("webhook body needs a string `action`")
+        known = action in WEBHOOK_ACTIONS
+        metrics.webhooks.labels(action if known else "other").inc()
+        return jsonify(status="accepted" if known else "ignored", action=action[:64])
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        metrics.model_loaded.set(1 if holder.ready else 0)
+        return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,88 @@
+"""The `mlassist` command: `serve`, `settings`, `archs` (later issues add more)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from backend.errors import MLAssistError
+from backend.settings import Settings, settings_markdown
+
+logger = logging.getLogger("mlassist")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # urllib3 logs full URLs at debug level, query strings (SAS signatures) included.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from backend.app import create_app
+    from backend.model.detector import ModelSpec
+
+    ModelSpec.from_settings(settings)  # fail here, in one line, on a bad MODEL_WEIGHTS path
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options: dict[str, Any] = {
+                "bind": f"{args.host or settings.host}:{args.port or settings.port}",
+                "workers": settings.web_workers,
+                "worker_class": "gthread",
+                "threads": settings.web_threads,
+                "timeout": settings.web_timeout,
+                "graceful_timeout": 30,
+                "keepalive": 5,
+                "loglevel": settings.log_level,
+                "accesslog": "-" if settings.log_level == "debug" else None,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # Runs in each worker after fork: every worker loads its own model.
+            configure_logging(settings.log_level)
+            return create_app(settings)
+
+    Server().run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mlassist` console script."""
+    parser = argparse.ArgumentParser(prog="mlassist", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the ML backend (gunicorn)")
+    serve.add_argument("--host", help="bind address (default: HOST)")
+    serve.add_argument("--port", type=int, help="port (default: PORT)")
+    show = commands.add_parser("settings", help="print the settings and their defaults")
+    show.add_argument("--markdown", action="store_true", help="as the README's table")
+    commands.add_parser("archs", help="list the detector architectures")
+    args = parser.parse_args(argv)
+
+    if args.command == "settings":
+        print(settings_markdown())  # noqa: T201 - CLI output
+        return 0
+    if args.command == "archs":
+        from backend.model.architectures import ARCHITECTURES
+
+        for arch in ARCHITECTURES.values():
+            print(f"{arch.name:40s} {arch.note}")  # noqa: T201 - CLI output
+        return 0
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level)
+        if args.command == "serve":
+            _serve(settings, args)
+    except MLAssistError as exc:
+        print(f"mlassist: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

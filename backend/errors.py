@@ -1,0 +1,41 @@
+"""The typed exceptions of MLAssist; the HTTP layer turns them into JSON errors."""
+
+from __future__ import annotations
+
+
+class MLAssistError(Exception):
+    """Base class; `status` is the HTTP status the error maps to at the boundary."""
+
+    status = 500
+
+
+class SettingsError(MLAssistError):
+    """A missing or malformed setting; start-up stops with this one line."""
+
+
+class BadRequest(MLAssistError):
+    """The request body is malformed; the message says what is wrong."""
+
+    status = 400
+
+
+class LabelConfigError(MLAssistError):
+    """The project's label config cannot be served by a box detector."""
+
+    status = 422
+
+
+class ImageError(MLAssistError):
+    """One task's image could not be fetched or decoded; the task gets an empty result."""
+
+    status = 422
+
+    def __init__(self, message: str, reason: str = "image") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ModelError(MLAssistError):
+    """The detector could not be built or loaded (missing weights, bad checkpoint)."""
+
+    status = 503

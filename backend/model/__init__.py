@@ -1,0 +1,1 @@
+"""Detectors: architectures, checkpoints, inference. Knows torch, nothing of HTTP or Redis."""

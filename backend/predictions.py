@@ -1,0 +1,203 @@
+"""Turning Label Studio tasks into box predictions.
+
+Per-task failures never fail the batch. Label Studio stores every item that has a `result` key
+and skips (and logs) items without one, so a task whose image failed, or that the time budget
+did not reach, gets `{"error": ..., "model_version": ...}` without `result`: nothing is stored,
+and Label Studio asks again next time, instead of an empty prediction of this version that
+would stop it from ever asking (see LABEL_STUDIO_FACTS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from backend.boxes import task_score, to_region
+from backend.errors import ImageError
+from backend.images import ImageFetcher, LoadedImage
+from backend.label_config import BoxTarget, LabelConfig, map_classes
+from backend.model.detector import Detections, Detector
+
+logger = logging.getLogger(__name__)
+
+CHUNK_TASKS = 16
+FETCH_THREADS = 8
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Knobs of one prediction run, from the settings."""
+
+    score_threshold: float = 0.5
+    max_boxes: int = 100
+    batch_size: int = 4
+    time_budget: float = 80.0
+
+
+@dataclass
+class _TaskWork:
+    index: int
+    task_id: int | None
+    images: dict[str, LoadedImage]
+    error: str | None = None
+    reason: str | None = None
+
+
+def _task_id(task: object) -> int | None:
+    if isinstance(task, dict) and isinstance(task.get("id"), int):
+        return task["id"]
+    return None
+
+
+def regions_for(detections: Detections, target: BoxTarget, class_map: dict[int, str],
+                image: LoadedImage, threshold: float, max_boxes: int) -> list[dict]:
+    """Label Studio regions for one image and one RectangleLabels target."""
+    regions: list[dict] = []
+    order = np.argsort(-detections.scores, kind="stable")
+    for idx in order:
+        score = float(detections.scores[idx])
+        if score < threshold:
+            break
+        label = class_map.get(int(detections.labels[idx]))
+        if label is None:
+            continue
+        region = to_region(detections.boxes[idx], score=score, label=label,
+                           width=image.width, height=image.height,
+                           from_name=target.from_name, to_name=target.to_name,
+                           region_id=f"{target.from_name}-{len(regions)}")
+        if region is not None:
+            regions.append(region)
+            if len(regions) >= max_boxes:
+                break
+    return regions
+
+
+@lru_cache(maxsize=256)
+def _class_map(class_names: tuple[str, ...], target: BoxTarget) -> dict[int, str]:
+    return map_classes(class_names, target)
+
+
+class Predictor:
+    """Fetches task images, runs the detector in batches, and builds Label Studio results."""
+
+    def __init__(self, fetcher: ImageFetcher, options: PredictOptions,
+                 on_task_error: Callable[[str], None] | None = None) -> None:
+        self.fetcher = fetcher
+        self.options = options
+        self._on_task_error = on_task_error or (lambda reason: None)
+        self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="image-fetch")
+
+    def predict(self, detector: Detector, tasks: list, config: LabelConfig) -> list[dict]:
+        """One item per task, in order."""
+        deadline = time.monotonic() + self.options.time_budget
+        items: list[dict] = [{} for _ in tasks]
+        chunks = [range(start, min(start + CHUNK_TASKS, len(tasks)))
+                  for start in range(0, len(tasks), CHUNK_TASKS)]
+        for works in self._prefetched(tasks, config, chunks, deadline):
+            over_budget = time.monotonic() > deadline
+            for work in works:
+                if over_budget and work.error is None:
+                    work.error = (f"not predicted within PREDICT_TIME_BUDGET "
+                                  f"({self.options.time_budget:g} s); ask again for the rest")
+                    work.reason = "time_budget"
+            ready = [work for work in works if work.error is None]
+            detections = self._detect(detector, ready, config)
+            for work in works:
+                if work.error is not None:
+                    items[work.index] = self._error_item(detector, work)
+                else:
+                    items[work.index] = self._result_item(detector, work, config,
+                                                          detections[work.index])
+        return items
+
+    def _prefetched(self, tasks: list, config: LabelConfig, chunks: list[range],
+                    deadline: float) -> Iterator[list[_TaskWork]]:
+        """Yield chunks of fetched images, fetching the next chunk while one is inferred."""
+        upcoming = self._submit(tasks, config, chunks[0], deadline) if chunks else []
+        for i in range(len(chunks)):
+            current = upcoming
+            if i + 1 < len(chunks):
+                upcoming = self._submit(tasks, config, chunks[i + 1], deadline)
+            yield [self._collect(work, futures, deadline) for work, futures in current]
+
+    def _submit(self, tasks: list, config: LabelConfig, chunk: range,
+                deadline: float) -> list[tuple[_TaskWork, dict[str, Future]]]:
+        submitted = []
+        for index in chunk:
+            task = tasks[index]
+            work = _TaskWork(index, _task_id(task), {})
+            futures: dict[str, Future] = {}
+            data = task.get("data") if isinstance(task, dict) else None
+            if time.monotonic() > deadline:
+                work.error, work.reason = "not reached within PREDICT_TIME_BUDGET", "time_budget"
+            elif not isinstance(data, dict):
+                work.error, work.reason = "task has no `data` object", "bad_task"
+            else:
+                missing = [key for key in config.data_keys if key not in data]
+                if len(missing) == len(config.data_keys):
+                    work.error = (f"task has no {' or '.join(repr(k) for k in missing)} in its "
+                                  "data, which the label config's <Image> reads")
+                    work.reason = "no_image_key"
+                for key in config.data_keys:
+                    if key in data:
+                        futures[key] = self._pool.submit(self.fetcher.load, data[key],
+                                                         work.task_id)
+            submitted.append((work, futures))
+        return submitted
+
+    def _collect(self, work: _TaskWork, futures: dict[str, Future],
+                 deadline: float) -> _TaskWork:
+        for key, future in futures.items():
+            try:
+                work.images[key] = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except ImageError as exc:
+                work.error = work.error or f"image {key!r}: {exc}"
+                work.reason = work.reason or exc.reason
+            except TimeoutError:
+                future.cancel()
+                work.error = work.error or (f"image {key!r} not fetched within "
+                                            "PREDICT_TIME_BUDGET")
+                work.reason = work.reason or "time_budget"
+        return work
+
+    def _detect(self, detector: Detector, works: list[_TaskWork],
+                config: LabelConfig) -> dict[int, dict[str, Detections]]:
+        keyed = [(work.index, key, image) for work in works
+                 for key, image in work.images.items()]
+        outputs = detector.predict([image.image for _, _, image in keyed],
+                                   batch_size=self.options.batch_size)
+        detections: dict[int, dict[str, Detections]] = {}
+        for (index, key, _), output in zip(keyed, outputs, strict=True):
+            detections.setdefault(index, {})[key] = output
+        return detections
+
+    def _result_item(self, detector: Detector, work: _TaskWork, config: LabelConfig,
+                     detections: dict[str, Detections]) -> dict:
+        regions: list[dict] = []
+        for target in config.targets:
+            if target.data_key not in detections:
+                continue
+            threshold = (target.score_threshold if target.score_threshold is not None
+                         else self.options.score_threshold)
+            regions.extend(regions_for(detections[target.data_key], target,
+                                       _class_map(tuple(detector.class_names), target),
+                                       work.images[target.data_key], threshold,
+                                       self.options.max_boxes))
+        return {
+            "result": regions,
+            "score": task_score([region["score"] for region in regions]),
+            "model_version": detector.version,
+        }
+
+    def _error_item(self, detector: Detector, work: _TaskWork) -> dict:
+        reason = work.reason or "error"
+        self._on_task_error(reason)
+        logger.warning("task %s: no prediction: %s", work.task_id, work.error)
+        return {"error": f"task {work.task_id}: {work.error}", "reason": reason,
+                "model_version": detector.version, "score": 0.0}

@@ -1,0 +1,241 @@
+"""The one settings object, built from the environment in one place.
+
+Every setting has one environment variable name, a default and a one-line description; the
+README's settings table is generated from `FIELDS` (`mlassist settings --markdown`), so the
+documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from backend.errors import SettingsError
+
+DEVICES_HELP = "cpu, cuda, cuda:N or auto"
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host, e.g. http://localhost:8080")
+    return value.rstrip("/")
+
+
+def _redis_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("must be a number between 0 and 1")
+    return number
+
+
+def _device(value: str) -> str:
+    value = value.strip().lower()
+    if value in ("cpu", "cuda", "auto"):
+        return value
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return value
+    raise ValueError(f"must be one of {DEVICES_HELP}")
+
+
+def _weights(value: str) -> str:
+    value = value.strip()
+    if value.lower() in ("coco", "none"):
+        return value.lower()
+    if not value:
+        raise ValueError("must be coco, none or the path of a checkpoint file")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        value = value.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _host_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip().lower() for item in value.split(",") if item.strip())
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def setting(env: str, parse: Callable[[str], Any], default: str | None, doc: str,
+            secret: bool = False) -> Any:
+    """Declare one setting: its variable name, parser, default (None = required) and doc."""
+    return field(metadata={"env": env, "parse": parse, "default": default, "doc": doc,
+                           "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of MLAssist's configuration, read once from the environment."""
+
+    label_studio_url: str = setting(
+        "LABEL_STUDIO_URL", _url, None,
+        "Base URL the backend uses to reach Label Studio (API, uploaded images, presign).")
+    label_studio_api_key: str = setting(
+        "LABEL_STUDIO_API_KEY", _text, None,
+        "Label Studio legacy token or personal access token (JWT); both work.", secret=True)
+    redis_url: str = setting(
+        "REDIS_URL", _redis_url, "redis://localhost:6379/0",
+        "Redis used by the job queues and locks.")
+    model_dir: Path = setting(
+        "MODEL_DIR", _path, "~/.local/share/mlassist/models",
+        "Directory of the model registry (checkpoints, versions).")
+    model_arch: str = setting(
+        "MODEL_ARCH", _text, "ssdlite320_mobilenet_v3_large",
+        "Detector architecture; see `mlassist archs` for the list.")
+    model_weights: str = setting(
+        "MODEL_WEIGHTS", _weights, "coco",
+        "`coco` (torchvision's COCO weights from the torch cache), `none`, or a checkpoint path.")
+    model_weights_fallback: str = setting(
+        "MODEL_WEIGHTS_FALLBACK", _choice("error", "none"), "error",
+        "When COCO weights are absent: `error` stops start-up, `none` serves an untrained model.")
+    device: str = setting("DEVICE", _device, "auto", f"Torch device: {DEVICES_HELP}.")
+    torch_threads: int = setting(
+        "TORCH_THREADS", _non_negative_int, "0",
+        "Torch intra-op threads per server process; 0 = CPU cores / WEB_WORKERS.")
+    basic_auth_user: str = setting(
+        "BASIC_AUTH_USER", _text, "",
+        "HTTP Basic user required on every route but /health (empty = auth off).")
+    basic_auth_pass: str = setting(
+        "BASIC_AUTH_PASS", _text, "", "HTTP Basic password (set both or neither).", secret=True)
+    allowed_image_hosts: tuple[str, ...] = setting(
+        "ALLOWED_IMAGE_HOSTS", _host_list, "",
+        "Comma list of extra hosts images may be fetched from (`host`, `host:port`, "
+        "`*.domain`); the Label Studio host is always allowed.")
+    score_threshold: float = setting(
+        "SCORE_THRESHOLD", _fraction, "0.5",
+        "Default minimum box score; a `model_score_threshold` attribute on the tag wins.")
+    max_boxes_per_image: int = setting(
+        "MAX_BOXES_PER_IMAGE", _positive_int, "100", "Most boxes kept per image, best first.")
+    max_image_bytes: int = setting(
+        "MAX_IMAGE_BYTES", _positive_int, str(50 * 1024 * 1024),
+        "Largest image download accepted, in bytes.")
+    max_image_pixels: int = setting(
+        "MAX_IMAGE_PIXELS", _positive_int, "100000000",
+        "Largest image accepted, in pixels (guards against decompression bombs).")
+    image_fetch_timeout: float = setting(
+        "IMAGE_FETCH_TIMEOUT", _positive_float, "15",
+        "Seconds allowed to download one image, in total.")
+    predict_batch_size: int = setting(
+        "PREDICT_BATCH_SIZE", _positive_int, "4", "Images per model forward in /predict.")
+    predict_time_budget: float = setting(
+        "PREDICT_TIME_BUDGET", _positive_float, "80",
+        "Seconds one /predict may spend; Label Studio gives up after 100 s and keeps nothing.")
+    max_request_bytes: int = setting(
+        "MAX_REQUEST_BYTES", _positive_int, str(64 * 1024 * 1024),
+        "Largest request body accepted, in bytes.")
+    host: str = setting("HOST", _text, "0.0.0.0", "Address `mlassist serve` binds.")  # noqa: S104
+    port: int = setting("PORT", _positive_int, "9090", "Port `mlassist serve` binds.")
+    web_workers: int = setting(
+        "WEB_WORKERS", _positive_int, "1", "Gunicorn worker processes (each loads the model).")
+    web_threads: int = setting(
+        "WEB_THREADS", _positive_int, "4",
+        "Threads per worker; model forwards are serialized per process.")
+    web_timeout: int = setting(
+        "WEB_TIMEOUT", _positive_int, "120",
+        "Gunicorn worker timeout in seconds (above PREDICT_TIME_BUDGET).")
+    log_level: str = setting(
+        "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: the process environment).
+
+        Raises SettingsError naming the first missing or malformed variable.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            meta = spec.metadata
+            raw = environ.get(meta["env"])
+            if raw is None or (raw.strip() == "" and meta["default"] is None):
+                if meta["default"] is None:
+                    raise SettingsError(f"{meta['env']} is required: {meta['doc']}")
+                raw = meta["default"]
+            try:
+                values[spec.name] = meta["parse"](raw)
+            except ValueError as exc:
+                shown = "<hidden>" if meta["secret"] else repr(raw)
+                raise SettingsError(f"{meta['env']}={shown} is invalid: {exc}") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field checks that a single parser cannot make."""
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.web_timeout <= self.predict_time_budget:
+            raise SettingsError(
+                f"WEB_TIMEOUT ({self.web_timeout}) must exceed PREDICT_TIME_BUDGET "
+                f"({self.predict_time_budget:g}) or gunicorn kills a worker mid-request")
+        from backend.model.architectures import ARCHITECTURES
+
+        if self.model_arch not in ARCHITECTURES:
+            raise SettingsError(
+                f"MODEL_ARCH={self.model_arch!r} is unknown; choose one of "
+                f"{', '.join(sorted(ARCHITECTURES))}")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user)
+
+    def effective_torch_threads(self) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // self.web_workers)
+
+
+def settings_markdown() -> str:
+    """The README table of settings: name, default, meaning."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for spec in fields(Settings):
+        meta = spec.metadata
+        default = "*required*" if meta["default"] is None else f"`{meta['default']}`"
+        if meta["default"] == "":
+            default = "(empty)"
+        rows.append(f"| `{meta['env']}` | {default} | {meta['doc']} |")
+    return "\n".join(rows)
