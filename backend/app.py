@@ -98,6 +98,8 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
                                      "auth; set the ML backend's Basic auth user and password "
                                      "in Label Studio")
             response.status_code = 401
+            logger.warning("%s %s -> 401: missing or wrong Basic auth credentials",
+                           request.method, request.path)
             response.headers["WWW-Authenticate"] = 'Basic realm="MLAssist"'
             return response
         return None
@@ -112,6 +114,8 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
 
     @app.errorhandler(MLAssistError)
     def mlassist_error(exc: MLAssistError) -> tuple[Response, int]:
+        # Label Studio shows only the status and points admins at this log for the reason.
+        logger.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
         return jsonify(error=str(exc)), exc.status
 
     @app.errorhandler(HTTPException)

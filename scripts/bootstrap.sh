@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtual environments MLAssist needs, outside the checkout:
+#   $MLASSIST_CACHE/venv-<hash of the dependency pins>   the project, its deps and dev tools
+#   $MLASSIST_CACHE/label-studio-<version>          Label Studio in its own venv
+# A venv counts only once its `.complete` marker exists, so an interrupted install rebuilds.
+# Prints the two venv paths as shell assignments (eval "$(scripts/bootstrap.sh)").
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${MLASSIST_CACHE:-$HOME/.cache/mlassist}"
+LS_VERSION="${LABEL_STUDIO_VERSION:-1.23.2}"
+PYTHON="${PYTHON:-python3}"
+QUIET="${MLASSIST_QUIET_PIP:--q}"
+mkdir -p "$CACHE"
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+pip_quiet() {
+    # pip and setuptools are chatty; keep their output in a log and show it when they fail.
+    local log="$CACHE/pip-last.log"
+    if ! "$@" >"$log" 2>&1; then
+        grep -v "^WARNING: Location 'file:" "$log" | tail -40 >&2
+        say "failed: $* (full log: $log)"
+        return 1
+    fi
+}
+
+"$PYTHON" - <<'PY' || { say "Python 3.11+ is required (set PYTHON=...)"; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+# Keyed on what is installed (dependencies, extras, Python), not on the whole file.
+key="$("$PYTHON" - "$REPO/pyproject.toml" <<'PY'
+import hashlib, json, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+wanted = [project.get("dependencies"), project.get("optional-dependencies"),
+          project.get("requires-python"), sys.version_info[:2]]
+print(hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12])
+PY
+)"
+VENV="$CACHE/venv-$key"
+if [ ! -f "$VENV/.complete" ]; then
+    say "creating $VENV (torch, torchvision, flask, ...; about 2 minutes the first time)"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    pip_quiet "$VENV/bin/pip" install $QUIET --upgrade pip
+    pip_quiet "$VENV/bin/pip" install $QUIET -e "$REPO[dev,azure]"
+    touch "$VENV/.complete"
+else
+    # The cached venv may point at another checkout: re-link this one (seconds, no deps).
+    pip_quiet "$VENV/bin/pip" install $QUIET --no-deps -e "$REPO"
+fi
+
+LS_VENV="$CACHE/label-studio-$LS_VERSION"
+if [ ! -f "$LS_VENV/.complete" ]; then
+    say "creating $LS_VENV (Label Studio $LS_VERSION, about 2 minutes the first time)"
+    rm -rf "$LS_VENV"
+    "$PYTHON" -m venv "$LS_VENV"
+    pip_quiet "$LS_VENV/bin/pip" install $QUIET "label-studio==$LS_VERSION"
+    touch "$LS_VENV/.complete"
+fi
+
+printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\n' "$VENV" "$LS_VENV"
