@@ -27,7 +27,7 @@ from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SETUP_MODEL_WAIT_S = 2.0  # Label Studio waits 3 s for /setup
+SETUP_MODEL_WAIT_S = 1.5  # Label Studio waits 3 s for /setup
 PREDICT_MODEL_WAIT_S = 60.0
 PROJECT_CONFIGS_KEPT = 256
 WEBHOOK_ACTIONS = frozenset({

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
-from tests.services import free_port, wait_http
+from backend.localstack import Process, free_port, label_studio_env, wait_http
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "mlassist-admin-pass"  # noqa: S105 - throwaway test server
@@ -30,23 +28,6 @@ def ls_binary() -> Path | None:
     return binary if binary.exists() else None
 
 
-def _environment(data_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-        "LABEL_STUDIO_USERNAME": ADMIN_EMAIL,
-        "LABEL_STUDIO_PASSWORD": ADMIN_PASSWORD,
-        "LABEL_STUDIO_USER_TOKEN": ADMIN_TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        # Both, or loopback ML backends and webhooks get 403 (LABEL_STUDIO_FACTS.md).
-        "SSRF_PROTECTION_ENABLED": "false",
-        "ML_BLOCK_LOCAL_IP": "false",
-        "LATEST_VERSION_CHECK": "false",
-        "COLLECT_ANALYTICS": "false",
-        "DJANGO_DB": "sqlite",
-    }
-
-
 class LabelStudioServer:
     """`label-studio start` on a free loopback port with its own data dir."""
 
@@ -55,26 +36,17 @@ class LabelStudioServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
         self.log = log
-        self._handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
+        env = label_studio_env(data_dir, ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN)
+        self._process = Process(
             [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1",
-             "--port", str(self.port)],
-            env=_environment(data_dir), stdout=self._handle, stderr=subprocess.STDOUT,
-            start_new_session=True)
+             "--port", str(self.port)], env, log)
 
     def wait(self, timeout: float) -> LabelStudioServer:
-        wait_http(f"{self.url}/health", timeout, self.process, self.log)
+        wait_http(f"{self.url}/health", timeout, self._process)
         return self
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._handle.close()
+        self._process.stop()
 
 
 def migrated_template(binary: Path, cache: Path) -> Path:

@@ -1,44 +1,20 @@
-"""Start real processes for tests: the backend under gunicorn, Label Studio."""
+"""Start real processes for tests: the backend under gunicorn, with a test checkpoint."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import requests
 
+from backend.localstack import Process, free_port, wait_http
 from backend.model.architectures import build_untrained_model
 from backend.model.checkpoint import BACKGROUND, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None,
-              log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"process exited with {process.returncode} before {url} "
-                               f"answered:\n{tail}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout:g} s")
 
 
 def untrained_checkpoint(path: Path, labels: list[str],
@@ -64,12 +40,10 @@ class Backend:
         self.log = log
         full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),
                     "DEVICE": "cpu", **env}
-        self._handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([mlassist_bin(), "serve"], env=full_env, cwd=REPO,
-                                        stdout=self._handle, stderr=subprocess.STDOUT)
+        self._process = Process([mlassist_bin(), "serve"], full_env, log, cwd=REPO)
 
     def wait(self, timeout: float = 60.0) -> Backend:
-        wait_http(f"{self.url}/health", timeout, self.process, self.log)
+        wait_http(f"{self.url}/health", timeout, self._process)
         return self
 
     def wait_model(self, timeout: float = 90.0) -> Backend:
@@ -81,10 +55,4 @@ class Backend:
         raise TimeoutError(f"model not loaded within {timeout:g} s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self._handle.close()
+        self._process.stop()

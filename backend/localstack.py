@@ -1,0 +1,88 @@
+"""Running Label Studio and the backend as local processes (the demo stack and the tests).
+
+Label Studio reads the admin user and legacy token from the environment only when it creates
+its organization, on the very first start of a data dir (LABEL_STUDIO_FACTS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def label_studio_env(data_dir: Path, username: str, password: str, token: str,
+                     base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for `label-studio start` with a preset admin and loopback backends allowed."""
+    return {
+        **(os.environ if base is None else base),
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_USERNAME": username,
+        "LABEL_STUDIO_PASSWORD": password,
+        "LABEL_STUDIO_USER_TOKEN": token,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # Both, or ML backends and webhooks on loopback get 403.
+        "SSRF_PROTECTION_ENABLED": "false",
+        "ML_BLOCK_LOCAL_IP": "false",
+        "LATEST_VERSION_CHECK": "false",
+        "COLLECT_ANALYTICS": "false",
+    }
+
+
+class Process:
+    """A child process in its own session, logging to a file; stop() ends its whole group."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str], log: Path,
+                 cwd: Path | None = None) -> None:
+        self.log = log
+        self._handle = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(  # noqa: S603 - argv is ours, never user input
+            argv, env=dict(env), cwd=cwd, stdout=self._handle,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.running():
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._handle.close()
+
+
+def wait_http(url: str, timeout: float, process: Process | None = None,
+              tick: Callable[[float], None] | None = None) -> None:
+    """Wait until GET `url` answers 200; fail early, with the log's tail, if `process` dies."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process is not None and not process.running():
+            tail = process.log.read_text(errors="replace")[-3000:] if process.log.exists() \
+                else ""
+            raise RuntimeError(f"process exited ({process.process.returncode}) before {url} "
+                               f"answered; log tail:\n{tail}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if tick is not None:
+            tick(time.monotonic() - started)
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:g} s")
