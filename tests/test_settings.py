@@ -75,3 +75,10 @@ def test_cli_rejects_missing_checkpoint_in_one_line(tmp_path) -> None:
     assert done.returncode == 2
     assert "is neither coco, none nor an existing checkpoint file" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_readme_documents_the_current_settings() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert settings_markdown() in readme, "regenerate with `mlassist settings --markdown`"

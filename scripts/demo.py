@@ -1,0 +1,168 @@
+"""Bring up Label Studio and the MLAssist backend locally on a built-in demo (scripts/up.sh).
+
+Everything lives under $MLASSIST_HOME (default ~/.local/share/mlassist/demo): Label Studio's
+data, the demo images, generated secrets. Running it again reuses all of it. Ctrl-C stops
+every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+import requests
+from label_studio_sdk import LabelStudio
+
+from backend.localstack import Process, label_studio_env, wait_http
+from backend.scenes import SHAPES, write_scenes
+
+PROJECT_TITLE = "MLAssist demo"
+DEMO_IMAGES = 40
+CONFIG = ('<View><Image name="image" value="$image"/>'
+          '<RectangleLabels name="label" toName="image">'
+          + "".join(f'<Label value="{shape}"/>' for shape in SHAPES)
+          + "</RectangleLabels></View>")
+
+
+def say(message: str) -> None:
+    print(f"[up] {message}", flush=True)
+
+
+def spinner(label: str):
+    frames = "|/-\\"
+    interactive = sys.stdout.isatty()
+    last = [0.0]
+
+    def tick(elapsed: float) -> None:
+        if interactive:
+            frame = frames[int(elapsed * 4) % 4]
+            print(f"\r[up] {label} {frame} {elapsed:4.0f} s", end="", flush=True)
+        elif elapsed - last[0] >= 15:
+            last[0] = elapsed
+            say(f"{label}: still waiting ({elapsed:.0f} s)")
+
+    return tick
+
+
+def end_spinner() -> None:
+    if sys.stdout.isatty():
+        print()
+
+
+def load_secrets(home: Path) -> dict[str, str]:
+    path = home / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {"password": secrets.token_urlsafe(12), "token": secrets.token_hex(20),
+              "basic_pass": secrets.token_urlsafe(16)}
+    path.write_text(json.dumps(values))
+    path.chmod(0o600)
+    return values
+
+
+def port_busy(port: int) -> bool:
+    try:
+        requests.get(f"http://127.0.0.1:{port}/", timeout=1)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def upload_images(ls_url: str, token: str, project: int, paths: list[Path]) -> None:
+    files = [("file", (path.name, path.read_bytes(), "image/jpeg")) for path in paths]
+    response = requests.post(f"{ls_url}/api/projects/{project}/import",
+                             headers={"Authorization": f"Token {token}"}, files=files,
+                             timeout=300)
+    response.raise_for_status()
+
+
+def main() -> int:
+    home = Path(os.environ.get("MLASSIST_HOME", "~/.local/share/mlassist/demo")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    ls_port = int(os.environ.get("LS_PORT", "8080"))
+    backend_port = int(os.environ.get("BACKEND_PORT", "9090"))
+    ls_venv = Path(os.environ["MLASSIST_LS_VENV"])
+    user = os.environ.get("LABEL_STUDIO_USERNAME", "admin@example.com")
+    keys = load_secrets(home)
+    for port in (ls_port, backend_port):
+        if port_busy(port):
+            say(f"port {port} is already in use (an earlier run still up?); stop it or set "
+                "LS_PORT / BACKEND_PORT")
+            return 1
+
+    processes: list[Process] = []
+
+    def stop(*_: object) -> None:
+        say("stopping ...")
+        for process in reversed(processes):
+            process.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+
+    ls_url = f"http://127.0.0.1:{ls_port}"
+    ls_env = label_studio_env(home / "label-studio", user, keys["password"], keys["token"])
+    first = not (home / "label-studio").exists()
+    processes.append(Process([str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
+                              "--internal-host", "127.0.0.1", "--port", str(ls_port)],
+                             ls_env, logs / "label-studio.log"))
+    label = "starting Label Studio" + (" (first start migrates its database)" if first else "")
+    wait_http(f"{ls_url}/health", 300, processes[-1], spinner(label))
+    end_spinner()
+    say(f"Label Studio is up at {ls_url}")
+
+    backend_url = f"http://127.0.0.1:{backend_port}"
+    backend_env = {**os.environ, "LABEL_STUDIO_URL": ls_url,
+                   "LABEL_STUDIO_API_KEY": keys["token"],
+                   "MODEL_WEIGHTS": os.environ.get("MODEL_WEIGHTS", "coco"),
+                   "MODEL_WEIGHTS_FALLBACK": os.environ.get("MODEL_WEIGHTS_FALLBACK", "none"),
+                   "MODEL_DIR": str(home / "models"),
+                   "BASIC_AUTH_USER": "mlassist", "BASIC_AUTH_PASS": keys["basic_pass"],
+                   "HOST": "127.0.0.1", "PORT": str(backend_port)}
+    processes.append(Process([sys.executable, "-m", "backend.cli", "serve"], backend_env,
+                             logs / "backend.log"))
+    wait_http(f"{backend_url}/health", 120, processes[-1], spinner("starting the ML backend"))
+    end_spinner()
+    say(f"ML backend is up at {backend_url}")
+
+    client = LabelStudio(base_url=ls_url, api_key=keys["token"])
+    project = next((p for p in client.projects.list() if p.title == PROJECT_TITLE), None)
+    if project is None:
+        project = client.projects.create(title=PROJECT_TITLE, label_config=CONFIG)
+        say(f"created project {project.id} ({PROJECT_TITLE})")
+    if not list(client.tasks.list(project=project.id, page_size=1)):
+        paths = write_scenes(home / "images", DEMO_IMAGES)
+        upload_images(ls_url, keys["token"], project.id, paths)
+        say(f"imported {len(paths)} demo images")
+    if not any(b.url == backend_url for b in client.ml.list(project=project.id)):
+        client.ml.create(project=project.id, url=backend_url, title="MLAssist",
+                         auth_method="BASIC_AUTH", basic_auth_user="mlassist",
+                         basic_auth_pass=keys["basic_pass"], is_interactive=False)
+        say("connected the ML backend to the project")
+    setup = requests.post(f"{backend_url}/setup", auth=("mlassist", keys["basic_pass"]),
+                          json={"project": str(project.id), "schema": CONFIG}, timeout=5).json()
+
+    say("")
+    say(f"Open {ls_url}/projects/{project.id}/data  and log in as {user} / {keys['password']}")
+    say(f"Model {setup['model_version']}; labels it covers now: "
+        f"{setup.get('labels_covered') or 'none'}; not yet: "
+        f"{setup.get('labels_uncovered') or 'none'}")
+    say("Select tasks and use Actions > Retrieve Predictions to ask the backend for boxes.")
+    say(f"Logs: {logs}   Ctrl-C stops everything.")
+    while all(process.running() for process in processes):
+        time.sleep(1)
+    say("a process exited; see the logs")
+    stop()
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
