@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -86,7 +87,8 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
                        batch_size=settings.predict_batch_size,
                        time_budget=settings.predict_time_budget),
         on_task_error=lambda reason: metrics.task_errors.labels(reason).inc())
-    project_configs: dict[str, str] = {}
+    project_configs: dict[str, str] = {}  # project -> label config seen at /setup or /predict
+    configs_lock = threading.Lock()
     app.extensions["mlassist"] = {"holder": holder, "metrics": metrics, "settings": settings}
 
     @app.before_request
@@ -131,14 +133,17 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
         xml = body.get(key)
         project = _project_key(body)
         if xml is None and project is not None:
-            xml = project_configs.get(project)
+            with configs_lock:
+                xml = project_configs.get(project)
         if not isinstance(xml, str):
-            raise BadRequest(f"`{key}` (the project's label config XML) is missing")
+            raise BadRequest(f"`{key}` (the project's label config XML) must be a string")
         config = parse_label_config(xml)
         if project is not None:
-            if len(project_configs) >= PROJECT_CONFIGS_KEPT and project not in project_configs:
-                project_configs.pop(next(iter(project_configs)))
-            project_configs[project] = xml
+            with configs_lock:
+                if len(project_configs) >= PROJECT_CONFIGS_KEPT \
+                        and project not in project_configs:
+                    project_configs.pop(next(iter(project_configs)))
+                project_configs[project] = xml
         return config
 
     @app.get("/health")

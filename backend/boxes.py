@@ -84,7 +84,7 @@ def from_region_value(value: dict, width: int, height: int) -> PixelBox | None:
         w = float(value["width"]) * width / 100.0
         h = float(value["height"]) * height / 100.0
         rotation = float(value.get("rotation") or 0.0)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
     if not all(math.isfinite(v) for v in (x, y, w, h, rotation)):
         return None

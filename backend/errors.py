@@ -39,3 +39,9 @@ class ModelError(MLAssistError):
     """The detector could not be built or loaded (missing weights, bad checkpoint)."""
 
     status = 503
+
+
+class LabelStudioAuthError(MLAssistError):
+    """Label Studio refused or could not check LABEL_STUDIO_API_KEY."""
+
+    status = 502

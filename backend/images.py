@@ -24,14 +24,14 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import numpy as np
 import requests
+import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from backend.errors import ImageError
+from backend.errors import ImageError, LabelStudioAuthError
 from backend.labelstudio import LabelStudioAuth, origin
 
 logger = logging.getLogger(__name__)
@@ -44,10 +44,63 @@ CHUNK_BYTES = 64 * 1024
 def redact_url(url: str) -> str:
     """The URL without its query string and credentials, safe for logs and error bodies."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def check_url(url: str) -> None:
+    """Refuse URLs that parsers disagree on, so the host we check is the host we contact.
+
+    `urlsplit` and urllib3 (what requests connects with) read `http://a\\@b/` differently;
+    credentials in URLs, control characters and bad ports are refused outright.
+    """
+    if "\\" in url or any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        raise ImageError("image URL contains a backslash, whitespace or control character",
+                         reason="bad_reference")
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ImageError("image URLs with user:password@ are not fetched", reason="bad_reference")
+    try:
+        port = parts.port
+        parsed = urllib3.util.parse_url(url)
+    except ValueError:
+        raise ImageError(f"image URL {redact_url(url)!r} is malformed",
+                         reason="bad_reference") from None
+    host = (parsed.host or "").strip("[]").lower()
+    if host != (parts.hostname or "") or parsed.port != port:
+        raise ImageError("image URL is ambiguous", reason="bad_reference")
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """One ALLOWED_IMAGE_HOSTS entry: `host`, `host:port`, `*.domain[:port]`, `[v6][:port]`."""
+
+    host: str
+    port: int | None
+    wildcard: bool
+
+    @classmethod
+    def parse(cls, entry: str) -> HostPattern:
+        entry = entry.strip().lower()
+        port: int | None = None
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            if rest.startswith(":") and rest[1:].isdecimal():
+                port = int(rest[1:])
+        else:
+            host, sep, tail = entry.rpartition(":")
+            if sep and tail.isdecimal():
+                port = int(tail)
+            else:
+                host = entry
+        wildcard = host.startswith("*.")
+        return cls(host[2:] if wildcard else host, port, wildcard)
+
+    def matches(self, host: str, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.wildcard:
+            return host.endswith("." + self.host)
+        return host == self.host
 
 
 @dataclass(frozen=True)
@@ -73,10 +126,12 @@ class ImageFetcher:
                  session: requests.Session | None = None) -> None:
         self.auth = auth
         self.allowed_hosts = allowed_hosts
+        self._patterns = [HostPattern.parse(entry) for entry in allowed_hosts]
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.timeout = timeout
         self.session = session or requests.Session()
+        self.session.trust_env = False  # no .netrc credentials or proxies from the environment
         adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -111,8 +166,7 @@ class ImageFetcher:
         scheme, host, port = origin(url)
         if scheme not in ("http", "https") or not host:
             return False
-        return any(fnmatchcase(host, pattern) or fnmatchcase(f"{host}:{port}", pattern)
-                   for pattern in self.allowed_hosts)
+        return any(pattern.matches(host, port) for pattern in self._patterns)
 
     # -- fetch --------------------------------------------------------------------------
 
@@ -122,12 +176,17 @@ class ImageFetcher:
         if url.startswith("data:"):
             return self._decode_data_uri(url)
         deadline = time.monotonic() + self.timeout
+        # The key goes only to Label Studio, and only while the chain never left it: an
+        # outside host must not be able to redirect us into authenticated Label Studio calls.
+        on_label_studio = True
         for _ in range(MAX_REDIRECTS + 1):
+            check_url(url)
             if not self.host_allowed(url):
                 raise ImageError(
                     f"host of {redact_url(url)} is not allowed; add it to ALLOWED_IMAGE_HOSTS "
                     "if the backend should fetch images from there", reason="host_not_allowed")
-            response = self._get(url, deadline)
+            on_label_studio = on_label_studio and self.auth.is_label_studio(url)
+            response = self._get(url, deadline, with_key=on_label_studio)
             if response.is_redirect:
                 location = response.headers.get("Location", "")
                 response.close()
@@ -138,10 +197,16 @@ class ImageFetcher:
         raise ImageError(f"more than {MAX_REDIRECTS} redirects fetching image",
                          reason="fetch_failed")
 
-    def _get(self, url: str, deadline: float) -> requests.Response:
+    def _auth_headers(self, force_refresh: bool = False) -> dict[str, str]:
+        try:
+            return self.auth.headers(force_refresh)
+        except LabelStudioAuthError as exc:
+            raise ImageError(str(exc), reason="label_studio_auth") from None
+
+    def _get(self, url: str, deadline: float, with_key: bool) -> requests.Response:
         headers = {"Accept": "image/*,*/*;q=0.5"}
-        if self.auth.is_label_studio(url):
-            headers.update(self.auth.headers())
+        if with_key:
+            headers.update(self._auth_headers())
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ImageError(f"timed out after {self.timeout:g} s fetching {redact_url(url)}",
@@ -155,25 +220,33 @@ class ImageFetcher:
         except requests.RequestException as exc:
             raise ImageError(f"could not fetch {redact_url(url)}: {type(exc).__name__}",
                              reason="fetch_failed") from None
-        if response.status_code == 401 and self.auth.is_label_studio(url) \
-                and self.auth.is_personal_access_token:
+        if response.status_code == 401 and with_key and self.auth.is_personal_access_token:
             response.close()
-            headers.update(self.auth.headers(force_refresh=True))
-            response = self.session.get(url, headers=headers, stream=True,
-                                        allow_redirects=False, timeout=(5.0, remaining))
+            headers.update(self._auth_headers(force_refresh=True))
+            try:
+                response = self.session.get(url, headers=headers, stream=True,
+                                            allow_redirects=False, timeout=(5.0, remaining))
+            except requests.RequestException as exc:
+                raise ImageError(f"could not fetch {redact_url(url)}: {type(exc).__name__}",
+                                 reason="fetch_failed") from None
         return response
 
     def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
         if response.status_code != 200:
             raise ImageError(f"fetching {redact_url(url)} answered HTTP {response.status_code}",
                              reason=f"http_{response.status_code}")
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdecimal() and int(declared) > self.max_bytes:
             raise ImageError(f"image is {int(declared)} bytes, over MAX_IMAGE_BYTES "
                              f"({self.max_bytes})", reason="too_large")
         body = bytearray()
         try:
-            for chunk in response.iter_content(CHUNK_BYTES):
+            while True:
+                # read1 returns what one socket read brings, so a server that drips bytes
+                # cannot hold us past the deadline (iter_content waits for whole chunks).
+                chunk = response.raw.read1(CHUNK_BYTES, decode_content=True)
+                if not chunk:
+                    break
                 body.extend(chunk)
                 if len(body) > self.max_bytes:
                     raise ImageError(f"image is over MAX_IMAGE_BYTES ({self.max_bytes})",
@@ -181,7 +254,7 @@ class ImageFetcher:
                 if time.monotonic() > deadline:
                     raise ImageError(f"timed out after {self.timeout:g} s downloading "
                                      f"{redact_url(url)}", reason="timeout")
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ImageError(f"download of {redact_url(url)} broke off: {type(exc).__name__}",
                              reason="fetch_failed") from None
         return bytes(body)

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from backend.errors import LabelStudioAuthError
+
 logger = logging.getLogger(__name__)
 
 REFRESH_MARGIN_S = 30.0
@@ -74,12 +76,17 @@ class LabelStudioAuth:
             return {"Authorization": f"Bearer {self._access}"}
 
     def _refresh(self) -> None:
-        response = self._session.post(f"{self.base_url}/api/token/refresh/",
-                                      json={"refresh": self._api_key},
-                                      timeout=REFRESH_TIMEOUT_S)
+        try:
+            response = self._session.post(f"{self.base_url}/api/token/refresh/",
+                                          json={"refresh": self._api_key},
+                                          timeout=REFRESH_TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise LabelStudioAuthError(
+                f"could not reach Label Studio at {self.base_url} to refresh the personal "
+                f"access token: {type(exc).__name__}") from None
         if response.status_code != 200:
             # The body may echo the token; report the status only.
-            raise PermissionError(
+            raise LabelStudioAuthError(
                 f"Label Studio refused the personal access token (HTTP {response.status_code}); "
                 "create a new one under Account & Settings and set LABEL_STUDIO_API_KEY")
         access = response.json().get("access", "")

@@ -10,6 +10,7 @@ would stop it from ever asking (see LABEL_STUDIO_FACTS.md).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,8 +51,10 @@ class _TaskWork:
 
 
 def _task_id(task: object) -> int | None:
-    if isinstance(task, dict) and isinstance(task.get("id"), int):
-        return task["id"]
+    if isinstance(task, dict):
+        task_id = task.get("id")
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            return task_id
     return None
 
 
@@ -62,6 +65,8 @@ def regions_for(detections: Detections, target: BoxTarget, class_map: dict[int, 
     order = np.argsort(-detections.scores, kind="stable")
     for idx in order:
         score = float(detections.scores[idx])
+        if not math.isfinite(score):
+            continue  # NaN is not JSON: Label Studio would reject the whole response
         if score < threshold:
             break
         label = class_map.get(int(detections.labels[idx]))
@@ -70,7 +75,7 @@ def regions_for(detections: Detections, target: BoxTarget, class_map: dict[int, 
         region = to_region(detections.boxes[idx], score=score, label=label,
                            width=image.width, height=image.height,
                            from_name=target.from_name, to_name=target.to_name,
-                           region_id=f"{target.from_name}-{len(regions)}")
+                           region_id=f"{target.from_name}-{target.to_name}-{len(regions)}")
         if region is not None:
             regions.append(region)
             if len(regions) >= max_boxes:
@@ -164,6 +169,11 @@ class Predictor:
                 work.error = work.error or (f"image {key!r} not fetched within "
                                             "PREDICT_TIME_BUDGET")
                 work.reason = work.reason or "time_budget"
+            except Exception:  # noqa: BLE001 - one task's surprise must not fail the batch
+                logger.exception("task %s: unexpected error loading image %r",
+                                 work.task_id, key)
+                work.error = work.error or f"image {key!r}: internal error; see the server log"
+                work.reason = work.reason or "internal"
         return work
 
     def _detect(self, detector: Detector, works: list[_TaskWork],

@@ -7,6 +7,7 @@ documentation cannot drift from the code.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -34,7 +35,7 @@ def _redis_url(value: str) -> str:
 
 def _positive_int(value: str) -> int:
     number = int(value)
-    if number <= 0:
+    if not 0 < number < 2**53:
         raise ValueError("must be a positive integer")
     return number
 
@@ -48,14 +49,14 @@ def _non_negative_int(value: str) -> int:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if not number > 0:
-        raise ValueError("must be a positive number")
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError("must be a positive, finite number")
     return number
 
 
 def _fraction(value: str) -> float:
     number = float(value)
-    if not 0.0 <= number <= 1.0:
+    if not 0.0 <= number <= 1.0:  # also refuses NaN
         raise ValueError("must be a number between 0 and 1")
     return number
 
@@ -103,8 +104,8 @@ def _text(value: str) -> str:
 def setting(env: str, parse: Callable[[str], Any], default: str | None, doc: str,
             secret: bool = False) -> Any:
     """Declare one setting: its variable name, parser, default (None = required) and doc."""
-    return field(metadata={"env": env, "parse": parse, "default": default, "doc": doc,
-                           "secret": secret})
+    return field(repr=not secret, metadata={"env": env, "parse": parse, "default": default,
+                                            "doc": doc, "secret": secret})
 
 
 @dataclass(frozen=True)

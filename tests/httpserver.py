@@ -15,6 +15,8 @@ class Route:
     status: int = 200
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "image/png"})
     delay: float = 0.0
+    drip: float = 0.0  # seconds between 16-byte pieces of the body
+    send_length: bool = True
 
 
 class LoopbackServer:
@@ -35,10 +37,20 @@ class LoopbackServer:
                 self.send_response(route.status)
                 for key, value in route.headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(route.body)))
+                if route.send_length:
+                    self.send_header("Content-Length", str(len(route.body)))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(route.body)
+                    if not route.drip:
+                        self.wfile.write(route.body)
+                        return
+                    for start in range(0, len(route.body), 16):
+                        self.wfile.write(route.body[start:start + 16])
+                        self.wfile.flush()
+                        time.sleep(route.drip)
 
             def log_message(self, *args: object) -> None:
                 pass

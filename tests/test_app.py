@@ -149,7 +149,8 @@ def test_recorded_label_studio_predict_request(client: FlaskClient, loopback: Lo
     (b"{not json", 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),
     (b'{"tasks": "x", "label_config": "<View/>"}', 400, "`tasks` must be a list"),
-    (b'{"tasks": []}', 400, "label config XML) is missing"),
+    (b'{"tasks": []}', 400, "label config XML) must be a string"),
+    (b'{"tasks": [], "label_config": 7}', 400, "label config XML) must be a string"),
     (b"[" * 100000 + b"]" * 100000, 400, "not valid JSON"),
 ])
 def test_malformed_predict_bodies(client: FlaskClient, payload: bytes, status: int,
@@ -184,3 +185,30 @@ def test_metrics_are_prometheus_text(client: FlaskClient, loopback: LoopbackServ
     assert "mlassist_tasks_predicted_total 1.0" in text
     assert 'mlassist_task_errors_total{reason="http_404"} 1.0' in text
     assert 'mlassist_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
+
+
+def test_nan_scores_never_reach_the_json(loopback: LoopbackServer) -> None:
+    nan_detector = FixedDetector([(0.1, 0.1, 0.5, 0.5, float("nan"), 1),
+                                  (0.2, 0.2, 0.6, 0.6, 0.8, 2)])
+    settings = make_settings(LABEL_STUDIO_URL=loopback.base,
+                             ALLOWED_IMAGE_HOSTS=f"127.0.0.1:{loopback.port}")
+    client = create_app(settings, holder=holder_for(nan_detector)).test_client()
+    url = loopback.add("/a.png", media.png(50, 50))
+    response = client.post("/predict", json=predict_body([url]))
+    assert b"NaN" not in response.data
+    item = response.get_json()["results"][0]
+    assert [r["value"]["rectanglelabels"] for r in item["result"]] == [["vehicle"]]
+
+
+def test_region_ids_are_unique_across_images_of_one_tag(client: FlaskClient,
+                                                        loopback: LoopbackServer) -> None:
+    config = ('<View><Image name="a" value="$left"/><Image name="b" value="$right"/>'
+              '<RectangleLabels name="label" toName="a,b"><Label value="person"/>'
+              '</RectangleLabels></View>')
+    body = {"tasks": [{"id": 1, "data": {"left": loopback.add("/l.png", media.png(40, 40)),
+                                         "right": loopback.add("/r.png", media.png(60, 30))}}],
+            "label_config": config}
+    item = client.post("/predict", json=body).get_json()["results"][0]
+    ids = [region["id"] for region in item["result"]]
+    assert len(ids) == 2 and len(set(ids)) == 2
+    assert {region["to_name"] for region in item["result"]} == {"a", "b"}

@@ -106,3 +106,18 @@ def test_scenes_are_deterministic_and_boxed() -> None:
     assert 1 <= len(first.boxes) <= 5
     for x1, y1, x2, y2 in first.boxes:
         assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 240
+
+
+def test_coco_file_names_match_torchvision() -> None:
+    from backend.model.architectures import ARCHITECTURES
+
+    for name, arch in ARCHITECTURES.items():
+        url = arch.coco_weights().url
+        assert url.rsplit("/", 1)[1] == arch.coco_file, name
+        assert coco_weights_path(name).parent == Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def test_fallback_is_decided_before_loading(torch_home: Path) -> None:
+    spec = ModelSpec.from_settings(make_settings(MODEL_WEIGHTS="coco",
+                                                 MODEL_WEIGHTS_FALLBACK="none"))
+    assert spec.version == f"{ARCH}-untrained" and spec.weights == "none"

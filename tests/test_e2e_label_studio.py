@@ -12,6 +12,9 @@ import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from backend.errors import ImageError
+from backend.images import ImageFetcher
+from backend.labelstudio import LabelStudioAuth
 from tests import media
 from tests.httpserver import LoopbackServer
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer, ls_binary, start_label_studio
@@ -161,3 +164,28 @@ def test_wrong_basic_auth_is_not_connected(backend: Backend, client: LabelStudio
     assert info.value.status_code == 400
     assert "401 Client Error" in str(info.value.body)
     assert "not-the-password" not in Path(backend.log).read_text()
+
+
+def test_personal_access_token_fetches_uploaded_images(
+        label_studio: LabelStudioServer, client: LabelStudio) -> None:
+    response = requests.post(f"{label_studio.url}/api/token/", timeout=30,
+                             headers={"Authorization": f"Token {ADMIN_TOKEN}"})
+    assert response.status_code in (200, 201), response.text[:300]
+    pat = response.json()["token"]
+    project = client.projects.create(title="pat", label_config=CONFIG).id
+    upload_image(label_studio, project, media.png(64, 32, 5))
+    [task] = list(client.tasks.list(project=project))
+    auth = LabelStudioAuth(label_studio.url, pat)
+    assert auth.is_personal_access_token
+    fetcher = ImageFetcher(auth, (), max_bytes=10**7, max_pixels=10**8, timeout=10)
+    loaded = fetcher.load(task.data["image"], task.id)
+    assert (loaded.width, loaded.height) == (64, 32)
+    assert auth.headers()["Authorization"].startswith("Bearer ")
+    # A wrong key is refused with a message that does not echo it.
+    bad = ImageFetcher(LabelStudioAuth(label_studio.url, pat[:-4] + "abcd"), (),
+                       max_bytes=10**7, max_pixels=10**8, timeout=10)
+    with pytest.raises(ImageError) as info:
+        bad.load(task.data["image"], task.id)
+    assert info.value.reason == "label_studio_auth"
+    assert "refused the personal access token" in str(info.value)
+    assert pat[:-4] not in str(info.value)

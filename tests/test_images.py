@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
 from backend.errors import ImageError
-from backend.images import ImageFetcher, decode_image, redact_url
+from backend.images import HostPattern, ImageFetcher, decode_image, redact_url
 from backend.labelstudio import LabelStudioAuth
 from tests import media
 from tests.httpserver import LoopbackServer
@@ -126,7 +127,7 @@ def test_presign_redirect_to_allowed_host_drops_the_token(loopback: LoopbackServ
         storage.add("/c/k.png", media.png(30, 20))
         loopback.add("/tasks/5/presign/", status=303,
                      headers={"Location": f"{storage.base}/c/k.png?sig=SECRET"})
-        fetcher = fetcher_for(loopback, "127.0.0.1:*")
+        fetcher = fetcher_for(loopback, "127.0.0.1")  # any port
         assert fetcher.load("azure-blob://c/k.png", 5).width == 30
         assert "Authorization" not in storage.seen["/c/k.png"][0]
 
@@ -157,3 +158,60 @@ def test_data_uri_images(loopback: LoopbackServer) -> None:
 def test_redact_url_drops_query_and_credentials() -> None:
     assert redact_url("https://user:pw@acct.blob.core.windows.net/c/a.jpg?sig=abc&se=1") == \
         "https://acct.blob.core.windows.net/c/a.jpg"
+
+
+def test_streamed_body_is_capped_without_content_length(loopback: LoopbackServer) -> None:
+    url = loopback.add("/nolength.png", media.png(400, 400), send_length=False)
+    with pytest.raises(ImageError) as info:
+        fetcher_for(loopback, max_bytes=5000).fetch(url, 1)
+    assert info.value.reason == "too_large"
+    assert fetcher_for(loopback).load(url, 1).width == 400
+
+
+def test_dripping_server_cannot_hold_a_fetch_past_the_deadline(
+        loopback: LoopbackServer) -> None:
+    url = loopback.add("/drip.png", media.png(64, 64), drip=0.1)
+    started = time.monotonic()
+    with pytest.raises(ImageError) as info:
+        fetcher_for(loopback, timeout=1.0).fetch(url, 1)
+    assert info.value.reason == "timeout"
+    assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.parametrize("url", [
+    "http://evil.example\\@{ls}/x.png",        # urllib3 would connect to evil.example
+    "http://user:pw@{ls}/x.png",
+    "http://{ls}/x y.png",
+    "http://127.0.0.1:99999/x.png",
+    "http://{ls}\t/x.png",
+])
+def test_ambiguous_urls_are_refused(loopback: LoopbackServer, url: str) -> None:
+    host = f"127.0.0.1:{loopback.port}"
+    with pytest.raises(ImageError) as info:
+        fetcher_for(loopback, host).fetch(url.format(ls=host), 1)
+    assert info.value.reason == "bad_reference"
+    assert loopback.seen == {}
+
+
+def test_outside_redirect_into_label_studio_gets_no_key(loopback: LoopbackServer) -> None:
+    with LoopbackServer() as outside:
+        loopback.add("/api/private.png", media.png(8, 8))
+        outside.add("/bounce", status=302,
+                    headers={"Location": f"{loopback.base}/api/private.png"})
+        fetcher = fetcher_for(loopback, f"127.0.0.1:{outside.port}")
+        fetcher.load(f"{outside.base}/bounce", 1)
+        assert "Authorization" not in loopback.seen["/api/private.png"][0]
+
+
+@pytest.mark.parametrize(("entry", "host", "port", "allowed"), [
+    ("images.example.com", "images.example.com", 443, True),
+    ("images.example.com", "evilimages.example.com", 443, False),
+    ("images.example.com:8080", "images.example.com", 80, False),
+    ("*.blob.core.windows.net", "acct.blob.core.windows.net", 443, True),
+    ("*.blob.core.windows.net", "blob.core.windows.net.evil.com", 443, False),
+    ("*.blob.core.windows.net", "evilblob.core.windows.net", 443, False),
+    ("[::1]:8080", "::1", 8080, True),
+    ("[::1]:8080", "::1", 8081, False),
+])
+def test_allowed_host_patterns(entry: str, host: str, port: int, allowed: bool) -> None:
+    assert HostPattern.parse(entry).matches(host, port) is allowed

@@ -29,6 +29,7 @@ class Architecture:
 
     name: str
     weights_enum: str
+    coco_file: str  # basename of torchvision's COCO weights URL (a test checks it)
     note: str
 
     def builder(self) -> Any:
@@ -46,17 +47,22 @@ ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch
     for arch in (
         Architecture("ssdlite320_mobilenet_v3_large", "SSDLite320_MobileNet_V3_Large_Weights",
+                     "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
                      "default: ~55 ms/image and trainable on a 2-core CPU"),
         Architecture("fasterrcnn_mobilenet_v3_large_320_fpn",
                      "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights",
+                     "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth",
                      "~120 ms/image on CPU; fine-tune from COCO weights, not from scratch"),
         Architecture("fasterrcnn_mobilenet_v3_large_fpn",
-                     "FasterRCNN_MobileNet_V3_Large_FPN_Weights", "800 px input; GPU training"),
+                     "FasterRCNN_MobileNet_V3_Large_FPN_Weights",
+                     "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+                     "800 px input; GPU training"),
         Architecture("fasterrcnn_resnet50_fpn_v2", "FasterRCNN_ResNet50_FPN_V2_Weights",
-                     "accurate, GPU"),
+                     "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth", "accurate, GPU"),
         Architecture("retinanet_resnet50_fpn_v2", "RetinaNet_ResNet50_FPN_V2_Weights",
-                     "accurate, GPU"),
-        Architecture("fcos_resnet50_fpn", "FCOS_ResNet50_FPN_Weights", "accurate, GPU"),
+                     "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth", "accurate, GPU"),
+        Architecture("fcos_resnet50_fpn", "FCOS_ResNet50_FPN_Weights",
+                     "fcos_resnet50_fpn_coco-99b0c9b7.pth", "accurate, GPU"),
     )
 }
 
@@ -74,12 +80,15 @@ def coco_class_names(arch: str) -> list[str]:
     return list(get_architecture(arch).coco_weights().meta["categories"])
 
 
-def coco_weights_path(arch: str) -> Path:
-    """Where torchvision caches the COCO weights file of `arch`."""
-    import torch
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch (TORCH_HOME, XDG_CACHE_HOME, ~/.cache)."""
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.getenv("TORCH_HOME", os.path.join(cache, "torch"))).expanduser() / "hub"
 
-    url = get_architecture(arch).coco_weights().url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+def coco_weights_path(arch: str) -> Path:
+    """Where torchvision caches the COCO weights file of `arch` (cheap: no torch import)."""
+    return torch_hub_dir() / "checkpoints" / get_architecture(arch).coco_file
 
 
 def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:

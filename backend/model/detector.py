@@ -21,6 +21,7 @@ from backend.model.architectures import (
     build_coco_model,
     build_untrained_model,
     coco_class_names,
+    coco_weights_path,
 )
 from backend.model.checkpoint import file_digest, load_checkpoint
 
@@ -44,6 +45,14 @@ class ModelSpec:
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelSpec:
         weights = settings.model_weights
+        if weights == "coco" and settings.model_weights_fallback == "none" \
+                and not coco_weights_path(settings.model_arch).is_file():
+            # Decided here, not at load time, so /setup never announces a version that the
+            # predictions will not carry.
+            logger.warning("COCO weights for %s are not at %s; MODEL_WEIGHTS_FALLBACK=none: "
+                           "serving an untrained model", settings.model_arch,
+                           coco_weights_path(settings.model_arch))
+            weights = "none"
         if weights in ("coco", "none"):
             version = f"{settings.model_arch}-{'coco' if weights == 'coco' else 'untrained'}"
         else:
