@@ -44,6 +44,23 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (gunicorn master + workers), in MB."""
+    total = 0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total += next(int(line.split()[1]) for line in status.splitlines()
+                      if line.startswith("VmRSS:"))
+        pids.extend(int(child) for child in children)
+    return round(total / 1024, 1)
+
+
 def timed(call, repeats: int) -> list[float]:
     samples = []
     for _ in range(repeats):
@@ -106,6 +123,7 @@ def main() -> None:
 
                 call()  # warm-up
                 report[f"predict_{count}_tasks"] = percentiles(timed(call, args.repeats))
+            report["server_rss_mb_after_runs"] = rss_mb(backend.pid)
         finally:
             backend.stop()
 

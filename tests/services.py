@@ -54,5 +54,9 @@ class Backend:
             time.sleep(0.3)
         raise TimeoutError(f"model not loaded within {timeout:g} s:\n{self.log.read_text()}")
 
+    @property
+    def pid(self) -> int:
+        return self._process.process.pid
+
     def stop(self) -> None:
         self._process.stop()
