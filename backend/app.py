@@ -17,12 +17,14 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from backend.champions import ChampionServing, project_id
 from backend.errors import BadRequest, MLAssistError
 from backend.images import ImageFetcher
 from backend.label_config import LabelConfig, coverage, parse_label_config
 from backend.labelstudio import LabelStudioAuth
 from backend.metrics import Metrics
 from backend.model.detector import DetectorHolder, ModelSpec
+from backend.model.registry import Registry, open_registry
 from backend.predictions import PredictOptions, Predictor
 from backend.settings import Settings
 
@@ -67,8 +69,9 @@ def _credentials_match(settings: Settings) -> bool:
 
 
 def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
-               fetcher: ImageFetcher | None = None) -> Flask:
-    """Build the backend app; starts loading the model in the background unless given one."""
+               fetcher: ImageFetcher | None = None, registry: Registry | None = None) -> Flask:
+    """Build the backend app; starts loading the base model in the background unless given
+    one. Projects with a champion in the registry are served by their champion."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     metrics = Metrics()
@@ -80,12 +83,16 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
             LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key),
             settings.allowed_image_hosts, max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels, timeout=settings.image_fetch_timeout)
+    if registry is None:
+        registry = open_registry(settings)
+    serving = ChampionServing(registry, holder, settings.device)
     predictor = Predictor(
         fetcher,
         PredictOptions(score_threshold=settings.score_threshold,
                        max_boxes=settings.max_boxes_per_image,
                        batch_size=settings.predict_batch_size,
-                       time_budget=settings.predict_time_budget),
+                       time_budget=settings.predict_time_budget,
+                       show_uncalibrated=settings.prelabel_uncalibrated == "show"),
         on_task_error=lambda reason: metrics.task_errors.labels(reason).inc())
     project_configs: dict[str, str] = {}  # project -> label config seen at /setup or /predict
     configs_lock = threading.Lock()
@@ -154,19 +161,21 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
     def setup() -> Response:
         body = _json_body()
         config = config_for(body, "schema")
-        detector = holder.peek()
-        if detector is None:
+        project = project_id(body.get("project"))
+        names = serving.class_names(project)
+        if names is None:  # the base model is still loading: wait a little for coverage
             try:
-                detector = holder.get(timeout=SETUP_MODEL_WAIT_S)
+                names = holder.get(timeout=SETUP_MODEL_WAIT_S).class_names
             except MLAssistError:
-                detector = None
-        answer: dict[str, Any] = {"model_version": holder.version}
-        if detector is not None:
-            labels = coverage(detector.class_names, config)
+                names = None
+        version = serving.version(project)
+        answer: dict[str, Any] = {"model_version": version}
+        if names is not None:
+            labels = coverage(names, config)
             answer["labels_covered"] = labels["covered"]
             answer["labels_uncovered"] = labels["uncovered"]
             logger.info("setup project %s: model %s covers %s; not (yet) %s",
-                        _project_key(body), detector.version, labels["covered"] or "none",
+                        project, version, labels["covered"] or "none",
                         labels["uncovered"] or "none")
         return jsonify(answer)
 
@@ -177,7 +186,7 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
         if not isinstance(tasks, list):
             raise BadRequest("`tasks` must be a list of Label Studio tasks")
         config = config_for(body, "label_config")
-        detector = holder.get(timeout=PREDICT_MODEL_WAIT_S)
+        detector = serving.detector(project_id(body.get("project")), PREDICT_MODEL_WAIT_S)
         metrics.model_loaded.set(1)
         metrics.model_info.labels(detector.version, holder.spec.arch).set(1)
         results = predictor.predict(detector, tasks, config)
@@ -188,7 +197,16 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
 
     @app.get("/versions")
     def versions() -> Response:
-        return jsonify(versions=[holder.version])
+        # Label Studio sends no project here; `?project=ID` lists that project's versions.
+        project = project_id(request.args.get("project", ""))
+        found = [holder.version]
+        if project is not None:
+            try:
+                found += [v["version"] for v in registry.versions(project)
+                          if v.get("checkpoint")]
+            except Exception as exc:  # noqa: BLE001 - the base version is still an answer
+                logger.warning("registry unreadable for project %s: %s", project, exc)
+        return jsonify(versions=found)
 
     @app.post("/webhook")
     def webhook() -> Response:

@@ -45,3 +45,15 @@ class LabelStudioAuthError(MLAssistError):
     """Label Studio refused or could not check LABEL_STUDIO_API_KEY."""
 
     status = 502
+
+
+class LabelStudioError(MLAssistError):
+    """Label Studio is unreachable or answered something unexpected (often transient)."""
+
+    status = 502
+
+
+class NotEnoughLabels(MLAssistError):
+    """A training round cannot run yet; the message says how many more labels it needs."""
+
+    status = 409

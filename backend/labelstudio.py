@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from backend.errors import LabelStudioAuthError
+from backend.errors import LabelStudioAuthError, LabelStudioError
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +95,45 @@ class LabelStudioAuth:
         self._access = access
         self._access_expires = expires - REFRESH_MARGIN_S
         logger.debug("refreshed Label Studio access token")
+
+
+class LabelStudioAPI:
+    """The few Label Studio API calls training needs, with the backend's own auth."""
+
+    def __init__(self, auth: LabelStudioAuth, timeout: float = 120.0) -> None:
+        self.auth = auth
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.trust_env = False
+
+    def _get(self, path: str, **params: str) -> object:
+        url = f"{self.auth.base_url}{path}"
+        try:
+            response = self._session.get(url, params=params, headers=self.auth.headers(),
+                                         timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise LabelStudioError(f"Label Studio at {self.auth.base_url} is unreachable "
+                                   f"({type(exc).__name__}); is it running?") from None
+        if response.status_code in (401, 403):
+            raise LabelStudioAuthError(f"Label Studio refused LABEL_STUDIO_API_KEY on {path} "
+                                       f"(HTTP {response.status_code})")
+        if response.status_code == 404:
+            raise LabelStudioError(f"Label Studio has no {path} (HTTP 404): wrong project id?")
+        if response.status_code != 200:
+            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} on {path}")
+        return response.json()
+
+    def project(self, project: int) -> dict:
+        """The project record (title, label_config, counts)."""
+        found = self._get(f"/api/projects/{project}")
+        if not isinstance(found, dict):
+            raise LabelStudioError(f"unexpected answer for project {project}")
+        return found
+
+    def labeled_tasks(self, project: int) -> list[dict]:
+        """Every task with at least one annotation, annotations included (one export call)."""
+        tasks = self._get(f"/api/projects/{project}/export", exportType="JSON",
+                          download_all_tasks="false")
+        if not isinstance(tasks, list):
+            raise LabelStudioError(f"unexpected export format for project {project}")
+        return [task for task in tasks if isinstance(task, dict)]

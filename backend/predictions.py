@@ -39,6 +39,7 @@ class PredictOptions:
     max_boxes: int = 100
     batch_size: int = 4
     time_budget: float = 80.0
+    show_uncalibrated: bool = False
 
 
 @dataclass
@@ -59,18 +60,22 @@ def _task_id(task: object) -> int | None:
 
 
 def regions_for(detections: Detections, target: BoxTarget, class_map: dict[int, str],
-                image: LoadedImage, threshold: float, max_boxes: int) -> list[dict]:
-    """Label Studio regions for one image and one RectangleLabels target."""
+                image: LoadedImage, thresholds: Callable[[int], float | None],
+                max_boxes: int) -> list[dict]:
+    """Label Studio regions for one image and one RectangleLabels target.
+
+    `thresholds(class_index)` is the minimum score for that class, or None to drop it.
+    """
     regions: list[dict] = []
     order = np.argsort(-detections.scores, kind="stable")
     for idx in order:
         score = float(detections.scores[idx])
         if not math.isfinite(score):
             continue  # NaN is not JSON: Label Studio would reject the whole response
-        if score < threshold:
-            break
-        label = class_map.get(int(detections.labels[idx]))
-        if label is None:
+        class_index = int(detections.labels[idx])
+        label = class_map.get(class_index)
+        threshold = thresholds(class_index)
+        if label is None or threshold is None or score < threshold:
             continue
         region = to_region(detections.boxes[idx], score=score, label=label,
                            width=image.width, height=image.height,
@@ -81,6 +86,29 @@ def regions_for(detections: Detections, target: BoxTarget, class_map: dict[int, 
             if len(regions) >= max_boxes:
                 break
     return regions
+
+
+def threshold_rule(detector: Detector, target: BoxTarget,
+                   options: PredictOptions) -> Callable[[int], float | None]:
+    """Which score a box of each class needs: the tag's `model_score_threshold` if set, else
+    the version's calibrated threshold (None = the class cannot reach the target precision:
+    hidden unless PRELABEL_UNCALIBRATED=show), else SCORE_THRESHOLD."""
+    if target.score_threshold is not None:
+        fixed = target.score_threshold
+        return lambda index: fixed
+    calibrated = getattr(detector, "thresholds", None)
+    if calibrated is None:
+        return lambda index: options.score_threshold
+    names = detector.class_names
+    fallback = options.score_threshold if options.show_uncalibrated else None
+
+    def rule(index: int) -> float | None:
+        if not 0 <= index < len(names):
+            return None
+        found = calibrated.get(names[index])
+        return fallback if found is None else float(found)
+
+    return rule
 
 
 @lru_cache(maxsize=256)
@@ -193,11 +221,10 @@ class Predictor:
         for target in config.targets:
             if target.data_key not in detections:
                 continue
-            threshold = (target.score_threshold if target.score_threshold is not None
-                         else self.options.score_threshold)
             regions.extend(regions_for(detections[target.data_key], target,
                                        _class_map(tuple(detector.class_names), target),
-                                       work.images[target.data_key], threshold,
+                                       work.images[target.data_key],
+                                       threshold_rule(detector, target, self.options),
                                        self.options.max_boxes))
         return {
             "result": regions,

@@ -178,6 +178,45 @@ class Settings:
     web_timeout: int = setting(
         "WEB_TIMEOUT", _positive_int, "120",
         "Gunicorn worker timeout in seconds (above PREDICT_TIME_BUDGET).")
+    registry_azure_container: str = setting(
+        "REGISTRY_AZURE_CONTAINER", _text, "",
+        "Azure Blob container holding the model registry, shared by every machine "
+        "(empty = the local MODEL_DIR).")
+    azure_storage_connection_string: str = setting(
+        "AZURE_STORAGE_CONNECTION_STRING", _text, "",
+        "Connection string of the storage account (needed with REGISTRY_AZURE_CONTAINER).",
+        secret=True)
+    image_cache_dir: Path = setting(
+        "IMAGE_CACHE_DIR", _path, "~/.cache/mlassist/images",
+        "Where training keeps downloaded task images, keyed by the task's image reference.")
+    train_steps: int = setting(
+        "TRAIN_STEPS", _positive_int, "500",
+        "Optimizer steps per training round (about 4.5 min for SSDlite on 2 CPU cores).")
+    train_batch_size: int = setting(
+        "TRAIN_BATCH_SIZE", _positive_int, "4", "Images per training step (at least 2).")
+    train_lr: float = setting("TRAIN_LR", _positive_float, "0.001", "Peak AdamW learning rate.")
+    train_seed: int = setting("TRAIN_SEED", _non_negative_int, "0", "Seed of a training round.")
+    validation_fraction: float = setting(
+        "VALIDATION_FRACTION", _fraction, "0.2",
+        "Share of labeled tasks held out for validation (chosen by a hash of the task id).")
+    min_validation_images: int = setting(
+        "MIN_VALIDATION_IMAGES", _positive_int, "5",
+        "Validation images needed before a model can be measured, hence trained.")
+    target_precision: float = setting(
+        "TARGET_PRECISION", _fraction, "0.9",
+        "Precision each class's calibrated pre-label threshold must reach on validation.")
+    prelabel_uncalibrated: str = setting(
+        "PRELABEL_UNCALIBRATED", _choice("hide", "show"), "hide",
+        "Classes of a trained model that cannot reach TARGET_PRECISION: `hide` their boxes, "
+        "or `show` them at SCORE_THRESHOLD.")
+    promotion_margin: float = setting(
+        "PROMOTION_MARGIN", _fraction, "0.01",
+        "AP50 a candidate must gain over the champion (same validation set) to be promoted.")
+    min_first_ap50: float = setting(
+        "MIN_FIRST_AP50", _fraction, "0.3", "AP50 the first model of a project must reach.")
+    keep_versions: int = setting(
+        "KEEP_VERSIONS", _positive_int, "10",
+        "Checkpoints kept per project (the champion always is); older records stay.")
     log_level: str = setting(
         "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.")
 
@@ -213,6 +252,11 @@ class Settings:
             raise SettingsError(
                 f"WEB_TIMEOUT ({self.web_timeout}) must exceed PREDICT_TIME_BUDGET "
                 f"({self.predict_time_budget:g}) or gunicorn kills a worker mid-request")
+        if self.registry_azure_container and not self.azure_storage_connection_string:
+            raise SettingsError("REGISTRY_AZURE_CONTAINER needs AZURE_STORAGE_CONNECTION_STRING")
+        if self.train_batch_size < 2:
+            raise SettingsError("TRAIN_BATCH_SIZE must be at least 2 (BatchNorm cannot train "
+                                "on one image)")
         from backend.model.architectures import ARCHITECTURES
 
         if self.model_arch not in ARCHITECTURES:

@@ -1,7 +1,9 @@
 """The checkpoint format: one dict written atomically, loaded with `weights_only=True`.
 
 Keys: `format`, `arch`, `class_names` (index 0 is the background, as torchvision numbers
-labels from 1), `state_dict`, `model_version`, `metrics`, `train_config`, `created_at`.
+labels from 1), `state_dict`, `model_version`, `metrics`, `train_config`, `created_at`; trained
+versions add `thresholds` (class name -> calibrated score threshold or None), `calibration`,
+`train_labels` and `parent`. Only plain types, so `weights_only=True` loads it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ REQUIRED_KEYS = ("format", "arch", "class_names", "state_dict")
 
 def save_checkpoint(path: Path, *, arch: str, class_names: list[str], state_dict: dict,
                     model_version: str = "", metrics: dict | None = None,
-                    train_config: dict | None = None) -> Path:
+                    train_config: dict | None = None, extra: dict | None = None) -> Path:
     """Write a checkpoint atomically (temp file in the same directory, then rename)."""
     import torch
 
@@ -39,6 +41,7 @@ def save_checkpoint(path: Path, *, arch: str, class_names: list[str], state_dict
         "metrics": metrics or {},
         "train_config": train_config or {},
         "created_at": time.time(),
+        **(extra or {}),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

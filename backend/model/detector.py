@@ -86,11 +86,15 @@ def resolve_device(name: str) -> str:
 class Detector:
     """A torchvision detector in eval mode with its class names and version."""
 
-    def __init__(self, model: Any, class_names: list[str], version: str, device: str) -> None:
+    def __init__(self, model: Any, class_names: list[str], version: str, device: str,
+                 thresholds: dict[str, float | None] | None = None) -> None:
         self.model = model.eval().to(device)
         self.class_names = class_names
         self.version = version
         self.device = device
+        # Calibrated per-class thresholds of a trained version (None for a class = it cannot
+        # reach the target precision); None when the model was never calibrated.
+        self.thresholds = thresholds
         self._lock = threading.Lock()
 
     def predict(self, images: list[Image.Image], batch_size: int = 4) -> list[Detections]:
@@ -133,17 +137,29 @@ def load_detector(spec: ModelSpec, device: str = "auto", threads: int = 0) -> De
         names = coco_class_names(spec.arch)
         model = build_untrained_model(spec.arch, num_classes=len(names))
         return Detector(model, names, spec.version, device)
-    checkpoint = load_checkpoint(Path(spec.weights))
+    return checkpoint_detector(Path(spec.weights), spec.version, device)
+
+
+def load_detector_model(path: Path) -> tuple[Any, list[str], dict[str, Any]]:
+    """(model, class names, checkpoint) from an MLAssist checkpoint file."""
     from backend.model.architectures import build_model
 
+    checkpoint = load_checkpoint(path)
     names = list(checkpoint["class_names"])
     model = build_model(checkpoint["arch"], num_classes=len(names))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
-        raise ModelError(f"checkpoint {spec.weights} does not fit {checkpoint['arch']}: "
+        raise ModelError(f"checkpoint {path} does not fit {checkpoint['arch']}: "
                          f"{str(exc)[:300]}") from None
-    return Detector(model, names, spec.version, device)
+    return model.eval(), names, checkpoint
+
+
+def checkpoint_detector(path: Path, version: str | None, device: str) -> Detector:
+    """A Detector from a checkpoint; `version` None means the one stored in it."""
+    model, names, checkpoint = load_detector_model(path)
+    return Detector(model, names, version or str(checkpoint.get("model_version") or path.stem),
+                    resolve_device(device), checkpoint.get("thresholds"))
 
 
 class DetectorHolder:
