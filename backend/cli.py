@@ -62,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     show = commands.add_parser("settings", help="print the settings and their defaults")
     show.add_argument("--markdown", action="store_true", help="as the README's table")
     commands.add_parser("archs", help="list the detector architectures")
+    train = commands.add_parser("train", help="run one training round in the foreground")
+    train.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    train.add_argument("--steps", type=int, help="optimizer steps (default: TRAIN_STEPS)")
+    models = commands.add_parser("models", help="list, show, promote or roll back versions")
+    models.add_argument("action", choices=("list", "show", "promote", "rollback"))
+    models.add_argument("version", nargs="?", help="version (show, promote; rollback: "
+                                                   "default the previous champion)")
+    models.add_argument("--project", type=int, required=True, help="Label Studio project id")
     args = parser.parse_args(argv)
 
     if args.command == "settings":
@@ -78,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level)
         if args.command == "serve":
             _serve(settings, args)
+        elif args.command == "train":
+            from backend.commands import train_command
+
+            train_command(settings, args.project, args.steps)
+        elif args.command == "models":
+            from backend.commands import models_command
+
+            if args.action in ("show", "promote") and not args.version:
+                parser.error(f"models {args.action} needs a VERSION")
+            models_command(settings, args.project, args.action, args.version)
     except MLAssistError as exc:
         print(f"mlassist: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
         return 2

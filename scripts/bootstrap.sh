@@ -60,4 +60,25 @@ if [ ! -f "$LS_VENV/.complete" ]; then
     touch "$LS_VENV/.complete"
 fi
 
-printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\n' "$VENV" "$LS_VENV"
+# Azurite, the Azure Blob emulator, for the tests of everything Azure-backed.
+AZURITE_VERSION="${AZURITE_VERSION:-3.37.0}"
+AZURITE_DIR="$CACHE/azurite-$AZURITE_VERSION"
+if [ ! -f "$AZURITE_DIR/.complete" ]; then
+    if command -v npm >/dev/null; then
+        say "installing Azurite $AZURITE_VERSION into $AZURITE_DIR (about a minute)"
+        rm -rf "$AZURITE_DIR"
+        mkdir -p "$AZURITE_DIR"
+        if (cd "$AZURITE_DIR" && npm install --no-audit --no-fund --loglevel=error \
+                "azurite@$AZURITE_VERSION" >"$CACHE/npm-last.log" 2>&1); then
+            touch "$AZURITE_DIR/.complete"
+        else
+            tail -20 "$CACHE/npm-last.log" >&2
+            say "Azurite did not install; Azure-backed tests will fail (see $CACHE/npm-last.log)"
+        fi
+    else
+        say "npm not found: install Node.js 18+ for the Azure (Azurite) tests"
+    fi
+fi
+
+printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\nMLASSIST_AZURITE=%q\n' \
+    "$VENV" "$LS_VENV" "$AZURITE_DIR/node_modules/.bin/azurite-blob"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 eval "$(scripts/bootstrap.sh)"
-export MLASSIST_VENV MLASSIST_LS_VENV
+export MLASSIST_VENV MLASSIST_LS_VENV MLASSIST_AZURITE
 
 echo "[test] ruff" >&2
 "$MLASSIST_VENV/bin/ruff" check backend sync tests benchmarks scripts

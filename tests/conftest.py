@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from backend.settings import Settings
+from tests.azurite import Azurite, azurite_binary
 from tests.httpserver import LoopbackServer
 
 BASE_ENV = {
@@ -25,3 +27,16 @@ def make_settings(**overrides: str) -> Settings:
 def loopback() -> Iterator[LoopbackServer]:
     with LoopbackServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    binary = azurite_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("Azurite is not installed; scripts/bootstrap.sh installs it")
+        pytest.skip("Azurite is not installed; scripts/test.sh installs it")
+    tmp = tmp_path_factory.mktemp("azurite")
+    server = Azurite(binary, tmp / "data", tmp / "azurite.log")
+    yield server
+    server.stop()

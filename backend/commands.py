@@ -1,0 +1,90 @@
+"""The operator commands behind `mlassist train` and `mlassist models` (CLI output only)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from backend.errors import MLAssistError
+from backend.images import ImageFetcher
+from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
+from backend.model.registry import open_registry
+from backend.settings import Settings
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def train_command(settings: Settings, project: int, steps: int | None) -> None:
+    """Run one training round in the foreground with a progress bar; print the outcome."""
+    from tqdm import tqdm
+
+    from backend.model.detector import resolve_device
+    from backend.model.training import train_round
+
+    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
+    fetcher = ImageFetcher(auth, settings.allowed_image_hosts,
+                           max_bytes=settings.max_image_bytes,
+                           max_pixels=settings.max_image_pixels,
+                           timeout=settings.image_fetch_timeout)
+    bar: tqdm | None = None
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"project {project}", unit="step",
+                       disable=None)  # disable=None: no bar when not on a terminal
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    try:
+        result = train_round(project, settings, LabelStudioAPI(auth), fetcher,
+                             open_registry(settings), steps=steps,
+                             device=resolve_device(settings.device), progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    _out(json.dumps(result.to_dict(), indent=1, default=str))
+    verdict = "promoted to champion" if result.promoted else "not promoted"
+    _out(f"{result.version}: AP50 {result.metrics['ap50']:.3f}, AP {result.metrics['ap']:.3f} "
+         f"on {result.val_images} held-out images; {verdict}: {result.reason}")
+    for entry in result.calibration.values():
+        if entry.get("note"):
+            _out(entry["note"])
+
+
+def _row(version: dict[str, Any], champion: str | None) -> str:
+    metrics = version.get("metrics") or {}
+    mark = "*" if version["version"] == champion else " "
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(version.get("created_at", 0)))
+    kept = "" if version.get("checkpoint") else " (pruned)"
+    return (f"{mark} {version['version']:<44} {version.get('status', ''):<9} "
+            f"AP50 {metrics.get('ap50', 0):.3f}  AP {metrics.get('ap', 0):.3f}  "
+            f"labels {version.get('train_labels', 0):>5}  {created}{kept}")
+
+
+def models_command(settings: Settings, project: int, action: str, version: str | None) -> None:
+    """List, show, promote or roll back a project's model versions."""
+    registry = open_registry(settings)
+    if action == "list":
+        champion = registry.champion(project)
+        versions = registry.versions(project)
+        if not versions:
+            _out(f"project {project} has no trained versions yet")
+        for entry in versions:
+            _out(_row(entry, champion["version"] if champion else None))
+    elif action == "show":
+        if version is None:
+            raise MLAssistError("models show needs a version")
+        _out(json.dumps(registry.record(project, version), indent=1, default=str))
+    elif action == "promote":
+        if version is None:
+            raise MLAssistError("models promote needs a version")
+        registry.promote(project, version)
+        _out(f"project {project}: champion is now {version}")
+    elif action == "rollback":
+        restored = registry.rollback(project, version)
+        _out(f"project {project}: rolled back; champion is now {restored}")
