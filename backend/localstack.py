@@ -86,3 +86,18 @@ def wait_http(url: str, timeout: float, process: Process | None = None,
             tick(time.monotonic() - started)
         time.sleep(0.3)
     raise TimeoutError(f"{url} did not answer within {timeout:g} s")
+
+
+def upload_images(ls_url: str, headers: Mapping[str, str], project: int,
+                  files: list[tuple[str, bytes, str]], per_request: int = 50) -> None:
+    """Upload image files to a Label Studio project, one task each.
+
+    Each file needs its own form field name (Label Studio keeps one file per name), and Django
+    refuses more than 100 files in one request.
+    """
+    for start in range(0, len(files), per_request):
+        chunk = files[start:start + per_request]
+        form = [(f"file{i}", (name, data, mime)) for i, (name, data, mime) in enumerate(chunk)]
+        response = requests.post(f"{ls_url}/api/projects/{project}/import",
+                                 headers=dict(headers), files=form, timeout=600)
+        response.raise_for_status()

@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 from label_studio_sdk import LabelStudio
 
-from backend.localstack import Process, label_studio_env, wait_http
+from backend.localstack import Process, label_studio_env, upload_images, wait_http
 from backend.scenes import SHAPES, write_scenes
 
 PROJECT_TITLE = "MLAssist demo"
@@ -71,14 +71,6 @@ def port_busy(port: int) -> bool:
         return True
     except requests.RequestException:
         return False
-
-
-def upload_images(ls_url: str, token: str, project: int, paths: list[Path]) -> None:
-    files = [("file", (path.name, path.read_bytes(), "image/jpeg")) for path in paths]
-    response = requests.post(f"{ls_url}/api/projects/{project}/import",
-                             headers={"Authorization": f"Token {token}"}, files=files,
-                             timeout=300)
-    response.raise_for_status()
 
 
 def main() -> int:
@@ -140,7 +132,8 @@ def main() -> int:
         say(f"created project {project.id} ({PROJECT_TITLE})")
     if not list(client.tasks.list(project=project.id, page_size=1)):
         paths = write_scenes(home / "images", DEMO_IMAGES)
-        upload_images(ls_url, keys["token"], project.id, paths)
+        upload_images(ls_url, {"Authorization": f"Token {keys['token']}"}, project.id,
+                      [(path.name, path.read_bytes(), "image/jpeg") for path in paths])
         say(f"imported {len(paths)} demo images")
     if not any(b.url == backend_url for b in client.ml.list(project=project.id)):
         client.ml.create(project=project.id, url=backend_url, title="MLAssist",

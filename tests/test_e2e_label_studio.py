@@ -15,6 +15,7 @@ from label_studio_sdk.core.api_error import ApiError
 from backend.errors import ImageError
 from backend.images import ImageFetcher
 from backend.labelstudio import LabelStudioAuth
+from backend.localstack import upload_images
 from tests import media
 from tests.httpserver import LoopbackServer
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer, ls_binary, start_label_studio
@@ -189,3 +190,14 @@ def test_personal_access_token_fetches_uploaded_images(
     assert info.value.reason == "label_studio_auth"
     assert "refused the personal access token" in str(info.value)
     assert pat[:-4] not in str(info.value)
+
+
+def test_upload_images_makes_one_task_per_file(label_studio: LabelStudioServer,
+                                               client: LabelStudio) -> None:
+    project = client.projects.create(title="uploads", label_config=CONFIG).id
+    files = [(f"u{i}.png", media.png(20, 20, i), "image/png") for i in range(5)]
+    upload_images(label_studio.url, {"Authorization": f"Token {ADMIN_TOKEN}"}, project, files,
+                  per_request=2)
+    tasks = list(client.tasks.list(project=project))
+    assert len(tasks) == 5
+    assert all(task.data["image"].startswith("/data/upload/") for task in tasks)

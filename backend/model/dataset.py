@@ -160,7 +160,10 @@ class ImageCache:
         self.max_pixels = max_pixels
 
     def path_for(self, reference: str) -> Path:
-        digest = hashlib.sha256(reference.encode()).hexdigest()
+        # A Label Studio path ("/data/upload/...") only means something on its server.
+        key = reference if "://" in reference or reference.startswith("data:") \
+            else self.fetcher.auth.base_url + reference
+        digest = hashlib.sha256(key.encode()).hexdigest()
         return self.directory / digest[:2] / digest
 
     def load(self, reference: str, task_id: int) -> LoadedImage:

@@ -29,6 +29,7 @@ from backend.model.evaluation import ImagePrediction, ImageTruth
 logger = logging.getLogger(__name__)
 
 GRAD_CLIP_NORM = 10.0
+LOG_EVERY_STEPS = 50
 IMAGENET_MEAN_FILL = (124, 116, 104)
 
 
@@ -153,6 +154,9 @@ def train_steps(model: nn.Module, dataset: DetectionDataset, config: TrainConfig
         value = float(loss.item())
         if step % 10 == 0 or step == config.steps - 1:
             losses.append(round(value, 4))
+        if (step + 1) % LOG_EVERY_STEPS == 0 or step + 1 == config.steps:
+            logger.info("step %d/%d loss %.4f lr %.2e", step + 1, config.steps, value,
+                        scheduler.get_last_lr()[0])
         if progress is not None:
             progress(step + 1, config.steps, value)
     model.eval()

@@ -161,7 +161,7 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
             f"project {project}: {len(train_items)} training and {len(val_items)} validation "
             f"images; a round needs at least 1 and {settings.min_validation_images} "
             f"(VALIDATION_FRACTION {settings.validation_fraction:g} of labeled tasks are "
-            "held out)")
+            f"held out); labels read: {report.to_dict()}")
 
     champion = registry.champion(project)
     model, started_from, parent = _starting_model(arch, class_names, registry, project, champion)
