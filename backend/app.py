@@ -15,13 +15,16 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from backend.champions import ChampionServing, project_id
+from backend.connect import SECRET_HEADER
 from backend.errors import BadRequest, MLAssistError
 from backend.images import ImageFetcher
+from backend.jobs.queues import JobQueue, connect
 from backend.label_config import LabelConfig, coverage, parse_label_config
-from backend.labelstudio import LabelStudioAuth
+from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
 from backend.metrics import Metrics
 from backend.model.detector import DetectorHolder, ModelSpec
 from backend.model.registry import Registry, open_registry
@@ -38,6 +41,10 @@ WEBHOOK_ACTIONS = frozenset({
     "TASKS_CREATED", "PROJECT_UPDATED",
 })
 UNAUTHENTICATED_ROUTES = frozenset({"/health"})
+SELF_AUTHENTICATED_ROUTES = frozenset({"/webhook"})  # secret header or Basic auth
+TRAINING_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                              "START_TRAINING", "PROJECT_UPDATED"})
+
 
 
 def _json_body() -> dict[str, Any]:
@@ -68,8 +75,16 @@ def _credentials_match(settings: Settings) -> bool:
     return user_ok and pass_ok
 
 
+def _webhook_project(body: dict[str, Any]) -> int | None:
+    project = body.get("project")
+    if isinstance(project, dict):
+        project = project.get("id")
+    return project_id(project)
+
+
 def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
-               fetcher: ImageFetcher | None = None, registry: Registry | None = None) -> Flask:
+               fetcher: ImageFetcher | None = None, registry: Registry | None = None,
+               jobs: JobQueue | None = None) -> Flask:
     """Build the backend app; starts loading the base model in the background unless given
     one. Projects with a champion in the registry are served by their champion."""
     app = Flask(__name__)
@@ -101,6 +116,8 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
     @app.before_request
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
+        if request.path in SELF_AUTHENTICATED_ROUTES:
+            return None
         if settings.auth_enabled and request.path not in UNAUTHENTICATED_ROUTES \
                 and not _credentials_match(settings):
             response = jsonify(error="authentication required: this backend uses HTTP Basic "
@@ -208,15 +225,71 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
                 logger.warning("registry unreadable for project %s: %s", project, exc)
         return jsonify(versions=found)
 
+    job_queue: list[JobQueue] = [jobs] if jobs is not None else []
+
+    def queue() -> JobQueue:
+        if not job_queue:  # connect lazily: the backend serves predictions without Redis
+            job_queue.append(JobQueue(connect(settings.redis_url, fast=True)))
+        return job_queue[0]
+
+    def webhook_allowed() -> bool:
+        if settings.webhook_secret:
+            given = request.headers.get(SECRET_HEADER, "")
+            if hmac.compare_digest(given.encode(), settings.webhook_secret.encode()):
+                return True
+        if settings.auth_enabled and _credentials_match(settings):
+            return True
+        return not settings.webhook_secret and not settings.auth_enabled
+
     @app.post("/webhook")
-    def webhook() -> Response:
+    def webhook() -> Response | tuple[Response, int]:
+        # Label Studio gives a webhook 1 s and never retries: validate, enqueue, answer.
+        if not webhook_allowed():
+            logger.warning("POST /webhook -> 401: missing or wrong %s / Basic auth",
+                           SECRET_HEADER)
+            refused = jsonify(error=f"webhook refused: send the {SECRET_HEADER} header "
+                                    "(WEBHOOK_SECRET) or Basic auth")
+            refused.headers["WWW-Authenticate"] = 'Basic realm="MLAssist"'
+            return refused, 401
         body = _json_body()
         action = body.get("action")
         if not isinstance(action, str) or not action:
             raise BadRequest("webhook body needs a string `action`")
         known = action in WEBHOOK_ACTIONS
         metrics.webhooks.labels(action if known else "other").inc()
-        return jsonify(status="accepted" if known else "ignored", action=action[:64])
+        if not known:
+            return jsonify(status="ignored", action=action[:64])
+        project = _webhook_project(body)
+        if project is None:
+            raise BadRequest("webhook body needs `project` (an object with an id)")
+        answer: dict[str, Any] = {"status": "accepted", "action": action, "project": project}
+        try:
+            jobs_ = queue()
+            jobs_.remember_project(project)
+            if action in TRAINING_ACTIONS:
+                job = jobs_.request_training(project, forced=action == "START_TRAINING")
+                answer["queued"] = job or "collapsed into the pending job"
+            elif action == "TASKS_CREATED":
+                ids = [t["id"] for t in body.get("tasks") or []
+                       if isinstance(t, dict) and isinstance(t.get("id"), int)]
+                answer["queued"] = jobs_.request_new_tasks(project, ids) if ids else None
+        except RedisError as exc:
+            # Nothing is lost: reconciliation reads the truth from Label Studio later.
+            logger.warning("webhook %s for project %s not queued (Redis: %s); "
+                           "reconciliation will catch up", action, project, exc)
+            answer["queued"] = None
+            answer["note"] = "job queue unavailable; reconciliation will catch up"
+        return jsonify(answer)
+
+    @app.get("/status")
+    def status() -> Response:
+        project = project_id(request.args.get("project", ""))
+        if project is None:
+            raise BadRequest("give the project: /status?project=ID")
+        from backend.jobs.status import project_status
+
+        api = LabelStudioAPI(fetcher.auth)
+        return jsonify(project_status(project, settings, api, registry, queue()))
 
     @app.get("/metrics")
     def prometheus() -> Response:

@@ -70,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     models.add_argument("version", nargs="?", help="version (show, promote; rollback: "
                                                    "default the previous champion)")
     models.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    worker = commands.add_parser("worker", help="run an RQ worker (training, pre-labels)")
+    worker.add_argument("--queues", default="training,prelabel,housekeeping",
+                        help="comma list; GPU machines: training; others: prelabel,housekeeping")
+    worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    reconcile = commands.add_parser("reconcile",
+                                    help="queue whatever training or push-back is due now")
+    reconcile.add_argument("--project", type=int, action="append",
+                           help="also consider this project (repeatable)")
+    status = commands.add_parser("status", help="a project's labels, models and jobs")
+    status.add_argument("--project", type=int, required=True)
+    connect_ = commands.add_parser("connect", help="connect the backend to a project")
+    connect_.add_argument("--project", type=int, required=True)
+    connect_.add_argument("--labels", help="comma list of box labels: sets the label config")
     args = parser.parse_args(argv)
 
     if args.command == "settings":
@@ -96,6 +109,23 @@ def main(argv: list[str] | None = None) -> int:
             if args.action in ("show", "promote") and not args.version:
                 parser.error(f"models {args.action} needs a VERSION")
             models_command(settings, args.project, args.action, args.version)
+        elif args.command == "worker":
+            from backend.jobs.worker import run_worker
+
+            run_worker(settings, [q.strip() for q in args.queues.split(",") if q.strip()],
+                       burst=args.burst)
+        elif args.command == "reconcile":
+            from backend.commands import reconcile_command
+
+            reconcile_command(settings, args.project or [])
+        elif args.command == "status":
+            from backend.commands import status_command
+
+            status_command(settings, args.project)
+        elif args.command == "connect":
+            from backend.commands import connect_command
+
+            connect_command(settings, args.project, args.labels)
     except MLAssistError as exc:
         print(f"mlassist: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
         return 2

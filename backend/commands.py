@@ -88,3 +88,37 @@ def models_command(settings: Settings, project: int, action: str, version: str |
     elif action == "rollback":
         restored = registry.rollback(project, version)
         _out(f"project {project}: rolled back; champion is now {restored}")
+
+
+def _context(settings: Settings) -> Any:
+    from backend.jobs.tasks import Context
+
+    return Context(settings)
+
+
+def reconcile_command(settings: Settings, projects: list[int]) -> None:
+    """Queue whatever is due now (the same pass the workers run periodically)."""
+    from backend.jobs.tasks import reconcile
+
+    ctx = _context(settings)
+    for project in projects:
+        ctx.queue.remember_project(project)
+    _out(json.dumps(reconcile(ctx)))
+
+
+def status_command(settings: Settings, project: int) -> None:
+    from backend.jobs.status import project_status
+
+    ctx = _context(settings)
+    _out(json.dumps(project_status(project, settings, ctx.api, ctx.registry, ctx.queue),
+                    indent=1, default=str))
+
+
+def connect_command(settings: Settings, project: int, labels: str | None) -> None:
+    """Connect the backend to a project; running it again changes nothing."""
+    from backend.connect import connect_project
+
+    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
+    for change in connect_project(settings, LabelStudioAPI(auth), project,
+                                  [x.strip() for x in labels.split(",")] if labels else None):
+        _out(change)

@@ -107,10 +107,15 @@ class LabelStudioAPI:
         self._session.trust_env = False
 
     def _get(self, path: str, **params: str) -> object:
+        return self._call("GET", path, params=params)
+
+    def _call(self, method: str, path: str, params: dict[str, str] | None = None,
+              body: object = None) -> object:
         url = f"{self.auth.base_url}{path}"
         try:
-            response = self._session.get(url, params=params, headers=self.auth.headers(),
-                                         timeout=self.timeout)
+            response = self._session.request(method, url, params=params, json=body,
+                                             headers=self.auth.headers(),
+                                             timeout=self.timeout)
         except requests.RequestException as exc:
             raise LabelStudioError(f"Label Studio at {self.auth.base_url} is unreachable "
                                    f"({type(exc).__name__}); is it running?") from None
@@ -119,9 +124,10 @@ class LabelStudioAPI:
                                        f"(HTTP {response.status_code})")
         if response.status_code == 404:
             raise LabelStudioError(f"Label Studio has no {path} (HTTP 404): wrong project id?")
-        if response.status_code != 200:
-            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} on {path}")
-        return response.json()
+        if response.status_code not in (200, 201):
+            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} on "
+                                   f"{method} {path}: {response.text[:200]}")
+        return response.json() if response.content else None
 
     def project(self, project: int) -> dict:
         """The project record (title, label_config, counts)."""
@@ -137,3 +143,69 @@ class LabelStudioAPI:
         if not isinstance(tasks, list):
             raise LabelStudioError(f"unexpected export format for project {project}")
         return [task for task in tasks if isinstance(task, dict)]
+
+    def tasks_after(self, project: int, after_id: int, limit: int) -> list[dict]:
+        """Up to `limit` unlabeled tasks with id > after_id, in id order, with predictions and
+        raw data (keyset paging: labelers working meanwhile cannot make it skip tasks)."""
+        query = {"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "equal",
+             "type": "Number", "value": 0},
+            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number",
+             "value": after_id}]},
+            "ordering": ["tasks:id"]}
+        found = self._call("GET", "/api/tasks", params={
+            "project": str(project), "page": "1", "page_size": str(limit), "fields": "all",
+            "resolve_uri": "false", "query": json.dumps(query)})
+        if not isinstance(found, dict):
+            raise LabelStudioError(f"unexpected task list for project {project}")
+        return [task for task in found.get("tasks") or [] if isinstance(task, dict)]
+
+    def count_tasks_with_prediction(self, project: int, version: str) -> int | None:
+        """How many tasks hold a prediction of `version` (None if Label Studio cannot say)."""
+        query = {"filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:predictions_model_versions", "operator": "contains",
+             "type": "List", "value": version}]}}
+        try:
+            found = self._call("GET", "/api/tasks", params={
+                "project": str(project), "page": "1", "page_size": "1",
+                "query": json.dumps(query)})
+        except LabelStudioError:
+            return None
+        return int(found.get("total") or 0) if isinstance(found, dict) else None
+
+    def get_tasks(self, project: int, task_ids: list[int]) -> list[dict]:
+        """Specific tasks, with predictions and raw data."""
+        found = []
+        for task_id in task_ids:
+            task = self._call("GET", f"/api/tasks/{task_id}", params={"resolve_uri": "false"})
+            if isinstance(task, dict) and task.get("project") in (project, None):
+                found.append(task)
+        return found
+
+    def import_predictions(self, project: int, predictions: list[dict]) -> None:
+        """Bulk-create predictions: [{"task", "result", "score", "model_version"}, ...]."""
+        self._call("POST", f"/api/projects/{project}/import/predictions", body=predictions)
+
+    def update_project(self, project: int, **fields: object) -> dict:
+        found = self._call("PATCH", f"/api/projects/{project}", body=fields)
+        return found if isinstance(found, dict) else {}
+
+    def ml_backends(self, project: int) -> list[dict]:
+        found = self._call("GET", "/api/ml", params={"project": str(project)})
+        return list(found) if isinstance(found, list) else []
+
+    def create_ml_backend(self, **fields: object) -> dict:
+        found = self._call("POST", "/api/ml", body=fields)
+        return found if isinstance(found, dict) else {}
+
+    def webhooks(self, project: int) -> list[dict]:
+        found = self._call("GET", "/api/webhooks", params={"project": str(project)})
+        return list(found) if isinstance(found, list) else []
+
+    def update_webhook(self, webhook: int, **fields: object) -> dict:
+        found = self._call("PATCH", f"/api/webhooks/{webhook}", body=fields)
+        return found if isinstance(found, dict) else {}
+
+    def create_webhook(self, **fields: object) -> dict:
+        found = self._call("POST", "/api/webhooks", body=fields)
+        return found if isinstance(found, dict) else {}

@@ -217,6 +217,29 @@ class Settings:
     keep_versions: int = setting(
         "KEEP_VERSIONS", _positive_int, "10",
         "Checkpoints kept per project (the champion always is); older records stay.")
+    webhook_secret: str = setting(
+        "WEBHOOK_SECRET", _text, "",
+        "Shared secret Label Studio's webhooks send in the X-MLAssist-Secret header "
+        "(`mlassist connect` sets it up); /webhook also accepts Basic auth.", secret=True)
+    backend_public_url: str = setting(
+        "BACKEND_PUBLIC_URL", _url, "http://localhost:9090",
+        "URL Label Studio uses to reach this backend (`mlassist connect` registers it).")
+    train_min_labeled: int = setting(
+        "TRAIN_MIN_LABELED", _positive_int, "30",
+        "Labeled tasks before a project's first training (about 6 held out for validation).")
+    train_every: int = setting(
+        "TRAIN_EVERY", _positive_int, "50",
+        "Newly labeled tasks after which a project trains again.")
+    train_growth: float = setting(
+        "TRAIN_GROWTH", _fraction, "0.5",
+        "... or when the labeled tasks grew by this fraction since the last training "
+        "(frequent rounds early on); 0 = off.")
+    reconcile_interval: int = setting(
+        "RECONCILE_INTERVAL", _positive_int, "300",
+        "Seconds between reconciliation passes of `mlassist worker` (catches lost webhooks).")
+    pushback_batch: int = setting(
+        "PUSHBACK_BATCH", _positive_int, "64",
+        "Tasks per pre-annotation batch (one bulk import into Label Studio per batch).")
     log_level: str = setting(
         "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.")
 

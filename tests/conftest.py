@@ -8,6 +8,7 @@ import pytest
 from backend.settings import Settings
 from tests.azurite import Azurite, azurite_binary
 from tests.httpserver import LoopbackServer
+from tests.redis_server import RedisServer, redis_binary
 
 BASE_ENV = {
     "LABEL_STUDIO_URL": "http://127.0.0.1:1",
@@ -40,3 +41,26 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     server = Azurite(binary, tmp / "data", tmp / "azurite.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    binary = redis_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed; scripts/bootstrap.sh installs it")
+        pytest.skip("redis-server is not installed; scripts/test.sh installs it")
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer):
+    """A flushed Redis database for one test."""
+    from redis import Redis
+
+    client = Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.flushall()

@@ -44,15 +44,51 @@ def exported_tasks(seeds: range, width: int = 320, height: int = 240) -> list[di
     return tasks
 
 
+def unlabeled_tasks(seeds: range, width: int = 320, height: int = 240) -> list[dict]:
+    """Tasks without annotations, as Label Studio lists them."""
+    return [{"id": seed, "data": {"image": data_uri(make_scene(seed, width, height))},
+             "annotations": [], "predictions": [], "total_annotations": 0}
+            for seed in seeds]
+
+
 class FakeLabelStudio:
     """Our LabelStudioAPI adapter, answering from memory (no server needed)."""
 
     def __init__(self, tasks: list[dict], config: str = CONFIG) -> None:
         self.tasks = tasks
         self.config = config
+        self.model_version = ""
+        self.imports: list[list[dict]] = []
+        self.project_calls = 0
 
     def project(self, project: int) -> dict:
-        return {"id": project, "label_config": self.config}
+        self.project_calls += 1
+        labeled = sum(1 for task in self.tasks if task.get("annotations"))
+        return {"id": project, "label_config": self.config, "task_number": len(self.tasks),
+                "num_tasks_with_annotations": labeled, "model_version": self.model_version}
 
     def labeled_tasks(self, project: int) -> list[dict]:
         return [task for task in self.tasks if task.get("annotations")]
+
+    def tasks_after(self, project: int, after_id: int, limit: int) -> list[dict]:
+        found = sorted((t for t in self.tasks if not t.get("annotations") and t["id"] > after_id),
+                       key=lambda t: t["id"])
+        return [dict(t) for t in found[:limit]]
+
+    def get_tasks(self, project: int, task_ids: list[int]) -> list[dict]:
+        return [dict(t) for t in self.tasks if t["id"] in task_ids]
+
+    def import_predictions(self, project: int, predictions: list[dict]) -> None:
+        self.imports.append(predictions)
+        by_id = {task["id"]: task for task in self.tasks}
+        for prediction in predictions:
+            by_id[prediction["task"]].setdefault("predictions", []).append(prediction)
+
+    def update_project(self, project: int, **fields: object) -> dict:
+        if "model_version" in fields:
+            self.model_version = str(fields["model_version"])
+        return {}
+
+    def count_tasks_with_prediction(self, project: int, version: str) -> int:
+        return sum(1 for t in self.tasks
+                   if any(p.get("model_version") == version for p in t.get("predictions", [])))

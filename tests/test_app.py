@@ -161,10 +161,13 @@ def test_malformed_predict_bodies(client: FlaskClient, payload: bytes, status: i
     assert client.get("/health").status_code == 200
 
 
-def test_webhook_acknowledges_known_and_unknown_actions(client: FlaskClient) -> None:
+def test_webhook_acknowledges_even_without_redis(loopback: LoopbackServer) -> None:
+    settings = make_settings(LABEL_STUDIO_URL=loopback.base, REDIS_URL="redis://127.0.0.1:1/0")
+    client = create_app(settings, holder=holder_for(FixedDetector(BOXES))).test_client()
     body = fixture("webhook-START_TRAINING.json")["json"]
     assert client.post("/webhook", json=body).get_json() == {
-        "status": "accepted", "action": "START_TRAINING"}
+        "status": "accepted", "action": "START_TRAINING", "project": 3, "queued": None,
+        "note": "job queue unavailable; reconciliation will catch up"}
     assert client.post("/webhook", json={"action": "SOMETHING_NEW"}).get_json() == {
         "status": "ignored", "action": "SOMETHING_NEW"}
     response = client.post("/webhook", json={"project": {}})

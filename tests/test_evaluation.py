@@ -84,3 +84,4 @@ def test_labels_needed_from_a_log_linear_curve() -> None:
     assert labels_needed(history, 0.9) == 8104
     assert labels_needed([(20, 0.5)], 0.9) is None  # one point: no curve
     assert labels_needed([(20, 0.6), (80, 0.5)], 0.9) is None  # not improving
+    assert labels_needed([(20, 0.0), (21, 0.00001)], 0.9) is None  # too flat to say

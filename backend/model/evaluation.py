@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MATCH_IOU = 0.5
+MAX_LABELS_ESTIMATE = 1e7
 
 
 @dataclass(frozen=True)
@@ -203,5 +204,7 @@ def labels_needed(history: Sequence[tuple[int, float | None]], target: float) ->
     slope, intercept = np.polyfit(x, y, 1)
     if slope <= 1e-6:
         return None
-    needed = math.exp((target - intercept) / slope)
-    return int(math.ceil(min(needed, 1e9)))
+    exponent = (target - intercept) / slope
+    if exponent > math.log(MAX_LABELS_ESTIMATE):
+        return None  # the curve is too flat to say
+    return int(math.ceil(math.exp(exponent)))

@@ -1,0 +1,229 @@
+"""Queues, job ids, single flight and locks: everything the jobs share through Redis.
+
+Single flight per project and kind of work ("train", "predict"):
+- at most one job *pending*: a `pending` key set with NX holds the queued job's id; a second
+  request while it is set collapses into the pending job (LS's two signals per annotation and a
+  storm of hundreds of events become one job);
+- at most one job *running*: a lock key with a short expiry, renewed by a heartbeat thread while
+  the job runs, so a worker killed with SIGKILL frees the project within LOCK_TTL_S.
+The pending job clears its key when it starts, so events during a training queue exactly one
+more job, which runs after the current one (it waits on the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+
+logger = logging.getLogger(__name__)
+
+TRAINING_QUEUE = "training"      # GPU machines
+PREDICT_QUEUE = "prelabel"       # pre-annotation: push-back and new tasks
+HOUSEKEEPING_QUEUE = "housekeeping"
+ALL_QUEUES = (TRAINING_QUEUE, PREDICT_QUEUE, HOUSEKEEPING_QUEUE)
+
+TRAIN_TIMEOUT_S = 2 * 3600
+PREDICT_TIMEOUT_S = 2 * 3600
+RECONCILE_TIMEOUT_S = 600
+LOCK_TTL_S = 60
+HEARTBEAT_S = 15
+PENDING_TTL_S = 6 * 3600
+RESULT_TTL_S = 7 * 24 * 3600
+TRANSIENT_RETRY = Retry(max=3, interval=[10, 60, 300])
+
+PREFIX = "mlassist"
+
+
+def key(*parts: object) -> str:
+    return ":".join([PREFIX, *(str(part) for part in parts)])
+
+
+def connect(redis_url: str, fast: bool = False) -> Redis:
+    """A Redis client; `fast` bounds every call to half a second (the webhook path)."""
+    if fast:
+        return Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=5)
+
+
+class ProjectLock:
+    """A Redis lock with expiry and a heartbeat; `wait` seconds to get it (0 = try once)."""
+
+    _release = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                "return redis.call('del', KEYS[1]) else return 0 end")
+    _renew = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+              "return redis.call('expire', KEYS[1], ARGV[2]) else return 0 end")
+
+    def __init__(self, redis: Redis, name: str, wait: float) -> None:
+        self.redis = redis
+        self.key = key("lock", name)
+        self.wait = wait
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ProjectLock:
+        deadline = time.monotonic() + self.wait
+        while not self.redis.set(self.key, self.token, nx=True, ex=LOCK_TTL_S):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.key} is held by another job")
+            time.sleep(1.0)
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=self.key)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):
+                self.redis.eval(self._renew, 1, self.key, self.token, str(LOCK_TTL_S))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self.redis.eval(self._release, 1, self.key, self.token)
+
+
+class JobQueue:
+    """Enqueues MLAssist's jobs with single flight; the adapter the web app and jobs share."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def _get(self, name: str) -> bytes | None:
+        return cast(bytes | None, self.redis.get(name))
+
+    def queue(self, name: str) -> Queue:
+        return Queue(name, connection=self.redis)
+
+    def remember_project(self, project: int) -> None:
+        self.redis.sadd(key("projects"), project)
+
+    def projects(self) -> list[int]:
+        members = cast(set[bytes], self.redis.smembers(key("projects")))
+        return sorted(int(p) for p in members)
+
+    # -- single flight ------------------------------------------------------------------
+
+    def _pending_alive(self, kind: str, project: int) -> bool:
+        job_id = self._get(key("pending", kind, project))
+        if job_id is None:
+            return False
+        try:
+            status = Job.fetch(job_id.decode(), connection=self.redis).get_status()
+        except Exception:  # noqa: BLE001 - a vanished job is a stale flag
+            status = None
+        if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+            return True
+        # The flag outlived its job (Redis restart, worker crash): clear it.
+        self.redis.delete(key("pending", kind, project))
+        return False
+
+    def _enqueue_once(self, kind: str, project: int, queue: str, func: str,
+                      args: tuple[Any, ...], timeout: int) -> str | None:
+        job_id = f"{kind}-{project}-{self.redis.incr(key('seq', kind, project))}"
+        if not self.redis.set(key("pending", kind, project), job_id, nx=True, ex=PENDING_TTL_S):
+            if self._pending_alive(kind, project):
+                return None
+            if not self.redis.set(key("pending", kind, project), job_id, nx=True,
+                                  ex=PENDING_TTL_S):
+                return None
+        self.queue(queue).enqueue(func, *args, job_id=job_id, job_timeout=timeout,
+                                  result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S,
+                                  retry=TRANSIENT_RETRY, description=f"{kind} project {project}")
+        return job_id
+
+    def clear_pending(self, kind: str, project: int) -> None:
+        self.redis.delete(key("pending", kind, project))
+
+    def request_training(self, project: int, forced: bool = False) -> str | None:
+        """Queue a training check for the project unless one is pending; the job id or None."""
+        if forced:
+            self.redis.set(key("forced", project), 1, ex=PENDING_TTL_S)
+        return self._enqueue_once("train", project, TRAINING_QUEUE,
+                                  "backend.jobs.tasks.train_project", (project,),
+                                  TRAIN_TIMEOUT_S)
+
+    def take_forced(self, project: int) -> bool:
+        return bool(cast(bytes | None, self.redis.getdel(key("forced", project))))
+
+    def request_pushback(self, project: int) -> str | None:
+        """Queue pre-annotation of the project's backlog by its champion (single flight)."""
+        return self._enqueue_once("pushback", project, PREDICT_QUEUE,
+                                  "backend.jobs.tasks.push_back", (project,), PREDICT_TIMEOUT_S)
+
+    def request_new_tasks(self, project: int, task_ids: list[int]) -> str:
+        """Queue predictions for tasks Label Studio just created."""
+        job = self.queue(PREDICT_QUEUE).enqueue(
+            "backend.jobs.tasks.predict_new_tasks", project, task_ids,
+            job_timeout=PREDICT_TIMEOUT_S, result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S,
+            retry=TRANSIENT_RETRY, description=f"new tasks project {project}")
+        return str(job.id)
+
+    def request_reconcile(self, interval: int) -> str | None:
+        """Queue one reconciliation pass per interval, whichever worker asks first."""
+        if not self.redis.set(key("reconcile-tick"), 1, nx=True, ex=max(1, interval)):
+            return None
+        job = self.queue(HOUSEKEEPING_QUEUE).enqueue(
+            "backend.jobs.tasks.reconcile", job_timeout=RECONCILE_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S, description="reconcile")
+        return str(job.id)
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def last_trained(self, project: int) -> int | None:
+        value = self._get(key("trained-at", project))
+        return int(value) if value is not None else None
+
+    def set_last_trained(self, project: int, labeled: int) -> None:
+        self.redis.set(key("trained-at", project), labeled)
+
+    def pushback_done(self, project: int) -> str | None:
+        value = self._get(key("pushback-done", project))
+        return value.decode() if value is not None else None
+
+    def set_pushback_done(self, project: int, version: str) -> None:
+        self.redis.set(key("pushback-done", project), version)
+
+    def cursor(self, project: int, version: str) -> int:
+        value = self._get(key("cursor", project, version))
+        return int(value) if value is not None else 0
+
+    def set_cursor(self, project: int, version: str, task_id: int) -> None:
+        self.redis.set(key("cursor", project, version), task_id, ex=PENDING_TTL_S * 4)
+
+    def jobs(self, project: int | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Queued, running and failed jobs (of one project when given), newest first."""
+        from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+        found: dict[str, list[dict[str, Any]]] = {"queued": [], "running": [], "failed": []}
+        for name in ALL_QUEUES:
+            queue = self.queue(name)
+            groups = (("queued", queue.get_job_ids()),
+                      ("running", StartedJobRegistry(queue=queue).get_job_ids()),
+                      ("failed", FailedJobRegistry(queue=queue).get_job_ids()))
+            for state, ids in groups:
+                for job in Job.fetch_many(list(ids), connection=self.redis):
+                    if job is None:
+                        continue
+                    if project is not None and job.args and job.args[0] != project:
+                        continue
+                    entry = {"id": job.id, "queue": name, "what": job.description,
+                             "enqueued_at": str(job.enqueued_at), "meta": job.meta}
+                    if state == "failed":
+                        result = job.latest_result()
+                        text = (result.exc_string if result is not None else "") or ""
+                        lines = text.strip().splitlines()
+                        entry["reason"] = lines[-1] if lines else "unknown"
+                    found[state].append(entry)
+        return found
+
+    def iter_pending(self) -> Iterator[str]:
+        yield from (k.decode() for k in self.redis.scan_iter(key("pending", "*")))
