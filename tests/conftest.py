@@ -64,3 +64,26 @@ def redis_db(redis_server: RedisServer):
     client.flushall()
     yield client
     client.flushall()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):
+    """A real Label Studio 1.23.2 for the whole session (projects keep tests apart)."""
+    from tests.labelstudio import ls_binary, start_label_studio
+
+    if ls_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("Label Studio is not installed; scripts/bootstrap.sh installs it")
+        pytest.skip("Label Studio is not installed; scripts/test.sh installs it")
+    server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(label_studio):
+    from label_studio_sdk import LabelStudio
+
+    from tests.labelstudio import ADMIN_TOKEN
+
+    return LabelStudio(base_url=label_studio.url, api_key=ADMIN_TOKEN)

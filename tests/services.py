@@ -35,7 +35,7 @@ class Backend:
     """`mlassist serve` in a subprocess, logging to a file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
+        self.port = int(env.get("PORT") or free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port),

@@ -3,7 +3,6 @@ auth, run Label Studio's own "Retrieve predictions" action, and check what Label
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from backend.labelstudio import LabelStudioAuth
 from backend.localstack import upload_images
 from tests import media
 from tests.httpserver import LoopbackServer
-from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer, ls_binary, start_label_studio
+from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer
 from tests.services import Backend, untrained_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -30,15 +29,6 @@ CONFIG = ('<View><Image name="image" value="$image"/>'
           + "".join(f'<Label value="{label}"/>' for label in LABELS)
           + "</RectangleLabels></View>")
 IMAGE_SIZES = [(320, 240), (640, 480), (200, 300), (500, 500)]
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    if ls_binary() is None and not os.environ.get("CI"):
-        pytest.skip("Label Studio is not installed; scripts/test.sh installs it")
-    server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +52,6 @@ def backend(tmp_path_factory: pytest.TempPathFactory, label_studio: LabelStudioS
     }, tmp / "backend.log").wait()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(label_studio: LabelStudioServer) -> LabelStudio:
-    return LabelStudio(base_url=label_studio.url, api_key=ADMIN_TOKEN)
 
 
 def upload_image(label_studio: LabelStudioServer, project: int, data: bytes) -> None:

@@ -150,7 +150,7 @@ def push_back(project: int, context: Context | None = None,
         if found is None:
             return {"status": "no champion"}
         detector, predictor, config, version = found
-        ctx.api.update_project(project, model_version=version)  # labelers see this version
+        shown = False
         cursor = ctx.queue.cursor(project, version)
         imported = failed = seen = 0
         while True:
@@ -160,12 +160,19 @@ def push_back(project: int, context: Context | None = None,
             done, bad = _predict_and_import(ctx, project, version, tasks, predictor, detector,
                                             config)
             imported, failed, seen = imported + done, failed + bad, seen + len(tasks)
+            if done and not shown:
+                # Labelers see predictions of the project's model_version, which Label
+                # Studio accepts only once a prediction of that version exists.
+                ctx.api.update_project(project, model_version=version)
+                shown = True
             cursor = max(int(t["id"]) for t in tasks)
             ctx.queue.set_cursor(project, version, cursor)
             _progress(stage="push-back", version=version, tasks_seen=seen, imported=imported,
                       failed=failed, cursor=cursor)
             if stop_after is not None and stop_after(seen):
                 return {"status": "stopped", "imported": imported, "cursor": cursor}
+        if not shown and ctx.api.count_tasks_with_prediction(project, version):
+            ctx.api.update_project(project, model_version=version)  # resumed after the import
         ctx.queue.set_pushback_done(project, version)
     logger.info("project %s: pushed %d predictions of %s (%d tasks failed)", project,
                 imported, version, failed)

@@ -1,0 +1,136 @@
+"""The loop end to end: real Label Studio, Redis, `mlassist serve` and `mlassist worker`.
+
+Labels created through the Label Studio API one at a time cross the training threshold; Label
+Studio's own webhooks reach the backend, the worker trains exactly once, promotes, and fills
+every unlabeled task with predictions of that version; the project shows that version.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from label_studio_sdk import LabelStudio
+
+from backend.localstack import Process, free_port, upload_images
+from backend.model.registry import LocalStore, Registry
+from backend.scenes import make_scene
+from tests.labels import CONFIG, regions_of
+from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer
+from tests.redis_server import RedisServer
+from tests.services import Backend, mlassist_bin
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "loop-webhook-secret"
+AUTH = ("mlassist", "loop-basic-pass")
+LABELED, TOTAL = 12, 20
+
+
+@pytest.fixture
+def loop_env(tmp_path: Path, label_studio: LabelStudioServer,
+             redis_server: RedisServer) -> dict[str, str]:
+    port = free_port()
+    from redis import Redis
+
+    Redis.from_url(redis_server.url).flushall()
+    return {
+        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+        "REDIS_URL": redis_server.url, "MODEL_DIR": str(tmp_path / "models"),
+        "IMAGE_CACHE_DIR": str(tmp_path / "images"), "WEBHOOK_SECRET": SECRET,
+        "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1],
+        "PORT": str(port), "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "MODEL_WEIGHTS": "none", "DEVICE": "cpu", "TORCH_HOME": str(tmp_path / "torch"),
+        "TRAIN_MIN_LABELED": str(LABELED), "TRAIN_EVERY": "1000", "TRAIN_GROWTH": "0",
+        "TRAIN_STEPS": "20", "TRAIN_BATCH_SIZE": "2", "VALIDATION_FRACTION": "0.3",
+        "MIN_VALIDATION_IMAGES": "2", "MIN_FIRST_AP50": "0", "SCORE_THRESHOLD": "0.05",
+        "PRELABEL_UNCALIBRATED": "show", "LOG_LEVEL": "info",
+    }
+
+
+@pytest.fixture
+def running(tmp_path: Path, loop_env: dict[str, str]) -> Iterator[tuple[Backend, Process]]:
+    backend = Backend(loop_env, tmp_path / "backend.log").wait()
+    worker = Process([mlassist_bin(), "worker"], {**os.environ, **loop_env},
+                     tmp_path / "worker.log")
+    yield backend, worker
+    worker.stop()
+    backend.stop()
+
+
+def mlassist(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([mlassist_bin(), *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_labels_past_the_threshold_train_once_and_prelabel_the_backlog(
+        tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudio,
+        loop_env: dict[str, str], running: tuple[Backend, Process]) -> None:
+    backend, worker = running
+    project = client.projects.create(title="the loop", label_config=CONFIG).id
+    changes = mlassist(loop_env, "connect", "--project", str(project))
+    assert "connected the ML backend" in changes
+    assert mlassist(loop_env, "connect", "--project", str(project)) == "", "idempotent"
+    hooks = [h for h in client.webhooks.list(project=project)
+             if h.url == f"{backend.url}/webhook"]
+    assert hooks and all(h.headers == {"X-MLAssist-Secret": SECRET} for h in hooks)
+
+    files = []
+    for seed in range(TOTAL):
+        buffer = io.BytesIO()
+        make_scene(seed).image.save(buffer, format="JPEG", quality=92)
+        files.append((f"scene-{seed:05d}.jpg", buffer.getvalue(), "image/jpeg"))
+    upload_images(label_studio.url, {"Authorization": f"Token {ADMIN_TOKEN}"}, project, files)
+    tasks = sorted(client.tasks.list(project=project), key=lambda t: t.id)
+    assert len(tasks) == TOTAL
+    for task in tasks[:LABELED]:  # a labeler, one task at a time
+        seed = int(Path(task.data["image"]).stem.split("-")[-1])
+        client.annotations.create(id=task.id, result=regions_of(make_scene(seed)))
+
+    registry = Registry(LocalStore(Path(loop_env["MODEL_DIR"]) / "registry"), tmp_path / "c")
+    unlabeled = {t.id for t in tasks[LABELED:]}
+    deadline = time.monotonic() + 240
+    version = None
+    while time.monotonic() < deadline:
+        assert worker.running(), worker.log.read_text()[-3000:]
+        champion = registry.champion(project)
+        if champion is not None:
+            version = champion["version"]
+            found = {p.task for p in client.predictions.list(project=project)
+                     if p.model_version == version}
+            if unlabeled <= found:
+                break
+        time.sleep(2)
+    else:
+        pytest.fail(f"no champion predictions in time:\n{worker.log.read_text()[-4000:]}")
+
+    assert len(registry.versions(project)) == 1, "exactly one training"
+    predictions = [p for p in client.predictions.list(project=project)
+                   if p.model_version == version]
+    per_task: dict[int, int] = {}
+    for prediction in predictions:
+        per_task[prediction.task] = per_task.get(prediction.task, 0) + 1
+    assert set(per_task) == unlabeled and set(per_task.values()) == {1}
+    assert client.projects.get(id=project).model_version == version
+
+    status = requests.get(f"{backend.url}/status", params={"project": project}, auth=AUTH,
+                          timeout=30).json()
+    assert status["labeled"] == LABELED and status["tasks"] == TOTAL
+    assert status["champion"]["version"] == version
+    assert status["tasks_with_champion_prelabels"] in (len(unlabeled), None)
+    assert status["jobs"]["failed"] == []
+    shown = json.loads(mlassist(loop_env, "status", "--project", str(project)))
+    assert shown["champion"]["version"] == version
+
+    for log in (backend.log, worker.log):
+        text = Path(log).read_text()
+        assert ADMIN_TOKEN not in text and SECRET not in text and AUTH[1] not in text
