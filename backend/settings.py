@@ -234,6 +234,10 @@ class Settings:
         "TRAIN_GROWTH", _fraction, "0.5",
         "... or when the labeled tasks grew by this fraction since the last training "
         "(frequent rounds early on); 0 = off.")
+    job_lock_ttl: int = setting(
+        "JOB_LOCK_TTL", _positive_int, "60",
+        "Seconds a project's training/pre-label lock outlives a worker killed while holding "
+        "it (renewed every quarter of this while the worker lives).")
     reconcile_interval: int = setting(
         "RECONCILE_INTERVAL", _positive_int, "300",
         "Seconds between reconciliation passes of `mlassist worker` (catches lost webhooks).")

@@ -134,3 +134,69 @@ def test_labels_past_the_threshold_train_once_and_prelabel_the_backlog(
     for log in (backend.log, worker.log):
         text = Path(log).read_text()
         assert ADMIN_TOKEN not in text and SECRET not in text and AUTH[1] not in text
+
+
+def start_project(client: LabelStudio, label_studio: LabelStudioServer, env: dict[str, str],
+                  total: int, labeled: int, title: str) -> tuple[int, list]:
+    project = client.projects.create(title=title, label_config=CONFIG).id
+    mlassist(env, "connect", "--project", str(project))
+    files = []
+    for seed in range(total):
+        buffer = io.BytesIO()
+        make_scene(seed).image.save(buffer, format="JPEG", quality=92)
+        files.append((f"scene-{seed:05d}.jpg", buffer.getvalue(), "image/jpeg"))
+    upload_images(label_studio.url, {"Authorization": f"Token {ADMIN_TOKEN}"}, project, files)
+    tasks = sorted(client.tasks.list(project=project), key=lambda t: t.id)
+    for task in tasks[:labeled]:
+        seed = int(Path(task.data["image"]).stem.split("-")[-1])
+        client.annotations.create(id=task.id, result=regions_of(make_scene(seed)))
+    return project, tasks
+
+
+def test_worker_killed_mid_training_leaves_no_stuck_lock(
+        tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudio,
+        loop_env: dict[str, str], redis_server: RedisServer) -> None:
+    import signal
+
+    from redis import Redis
+
+    env = {**loop_env, "TRAIN_STEPS": "5000", "JOB_LOCK_TTL": "6"}
+    backend = Backend(env, tmp_path / "backend.log").wait()
+    worker = Process([mlassist_bin(), "worker"], {**os.environ, **env}, tmp_path / "w1.log")
+    redis = Redis.from_url(redis_server.url)
+    try:
+        project, _ = start_project(client, label_studio, env, 14, LABELED, "killed worker")
+        lock = f"mlassist:lock:train:{project}"
+        deadline = time.monotonic() + 120
+        while not redis.exists(lock):
+            assert time.monotonic() < deadline, (tmp_path / "w1.log").read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(3)  # well inside the 5000-step round
+        # SIGKILL the worker and its work horse (RQ puts the horse in its own session).
+        pid = worker.process.pid
+        horses = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert horses, "the training runs in a work horse"
+        for victim in [pid, *map(int, horses)]:
+            os.kill(victim, signal.SIGKILL)
+        worker.process.wait()
+        deadline = time.monotonic() + 20
+        while redis.exists(lock):
+            assert time.monotonic() < deadline, "the lock outlived its 6 s expiry"
+            time.sleep(0.5)
+        assert redis.ttl(lock) == -2
+        registry = Registry(LocalStore(Path(env["MODEL_DIR"]) / "registry"), tmp_path / "c")
+        assert registry.versions(project) == [], "the killed round recorded nothing"
+
+        # A new worker, and the periodic reconciliation (here by hand), run it again.
+        fast = {**env, "TRAIN_STEPS": "20"}
+        worker = Process([mlassist_bin(), "worker"], {**os.environ, **fast},
+                         tmp_path / "w2.log")
+        mlassist(fast, "reconcile", "--project", str(project))
+        deadline = time.monotonic() + 120
+        while registry.champion(project) is None:
+            assert time.monotonic() < deadline, (tmp_path / "w2.log").read_text()[-3000:]
+            time.sleep(1)
+        assert len(registry.versions(project)) == 1
+    finally:
+        worker.stop()
+        backend.stop()

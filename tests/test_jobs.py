@@ -239,7 +239,7 @@ LOCK_HOLDER = """
 import sys, time
 from redis import Redis
 from backend.jobs import queues
-queues.LOCK_TTL_S = 2
+queues.LOCK_TTL_S = 2  # the default ttl
 queues.HEARTBEAT_S = 0.5
 with queues.ProjectLock(Redis.from_url(sys.argv[1]), "train:3", wait=0):
     print("locked", flush=True)

@@ -62,17 +62,18 @@ class ProjectLock:
     _renew = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
               "return redis.call('expire', KEYS[1], ARGV[2]) else return 0 end")
 
-    def __init__(self, redis: Redis, name: str, wait: float) -> None:
+    def __init__(self, redis: Redis, name: str, wait: float, ttl: int | None = None) -> None:
         self.redis = redis
         self.key = key("lock", name)
         self.wait = wait
+        self.ttl = ttl or LOCK_TTL_S
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> ProjectLock:
         deadline = time.monotonic() + self.wait
-        while not self.redis.set(self.key, self.token, nx=True, ex=LOCK_TTL_S):
+        while not self.redis.set(self.key, self.token, nx=True, ex=self.ttl):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"{self.key} is held by another job")
             time.sleep(1.0)
@@ -81,9 +82,9 @@ class ProjectLock:
         return self
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(min(HEARTBEAT_S, self.ttl / 4)):
             with contextlib.suppress(Exception):
-                self.redis.eval(self._renew, 1, self.key, self.token, str(LOCK_TTL_S))
+                self.redis.eval(self._renew, 1, self.key, self.token, str(self.ttl))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()

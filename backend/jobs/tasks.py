@@ -69,7 +69,8 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
     s = ctx.settings
     ctx.queue.clear_pending("train", project)  # events from now on queue one more check
     forced = ctx.queue.take_forced(project)
-    with ProjectLock(ctx.redis, f"train:{project}", wait=TRAIN_TIMEOUT_S):
+    with ProjectLock(ctx.redis, f"train:{project}", wait=TRAIN_TIMEOUT_S,
+                     ttl=s.job_lock_ttl):
         labeled = labeled_count(ctx.api.project(project))
         last = ctx.queue.last_trained(project)
         decision = training_due(labeled, last, forced=forced, min_labeled=s.train_min_labeled,
@@ -145,7 +146,8 @@ def push_back(project: int, context: Context | None = None,
     """
     ctx = context or Context(Settings.from_env())
     ctx.queue.clear_pending("pushback", project)
-    with ProjectLock(ctx.redis, f"predict:{project}", wait=PREDICT_TIMEOUT_S):
+    with ProjectLock(ctx.redis, f"predict:{project}", wait=PREDICT_TIMEOUT_S,
+                     ttl=ctx.settings.job_lock_ttl):
         found = _champion_predictor(ctx, project)
         if found is None:
             return {"status": "no champion"}
@@ -185,7 +187,8 @@ def predict_new_tasks(project: int, task_ids: list[int],
     ctx = context or Context(Settings.from_env())
     if ctx.registry.champion(project) is None:
         return {"status": "no champion"}
-    with ProjectLock(ctx.redis, f"predict:{project}", wait=PREDICT_TIMEOUT_S):
+    with ProjectLock(ctx.redis, f"predict:{project}", wait=PREDICT_TIMEOUT_S,
+                     ttl=ctx.settings.job_lock_ttl):
         found = _champion_predictor(ctx, project)
         if found is None:
             return {"status": "no champion"}
