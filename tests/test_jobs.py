@@ -262,3 +262,22 @@ def test_sigkilled_holder_leaves_no_stuck_lock(redis_db: Redis,
         time.sleep(0.2)
     with ProjectLock(redis_db, "train:3", wait=0):
         pass
+
+
+def test_concurrent_storm_queues_one_job(redis_db: Redis) -> None:
+    import threading
+
+    jobs = [JobQueue(redis_db) for _ in range(20)]
+    barrier = threading.Barrier(len(jobs))
+
+    def storm(queue: JobQueue) -> None:
+        barrier.wait()
+        for _ in range(50):
+            queue.request_training(PROJECT)
+
+    threads = [threading.Thread(target=storm, args=(q,)) for q in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Queue(TRAINING_QUEUE, connection=redis_db).count == 1

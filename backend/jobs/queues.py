@@ -37,6 +37,7 @@ RECONCILE_TIMEOUT_S = 600
 LOCK_TTL_S = 60
 HEARTBEAT_S = 15
 PENDING_TTL_S = 6 * 3600
+PENDING_GRACE_S = 30
 RESULT_TTL_S = 7 * 24 * 3600
 TRANSIENT_RETRY = Retry(max=3, interval=[10, 60, 300])
 
@@ -119,10 +120,16 @@ class JobQueue:
             return False
         try:
             status = Job.fetch(job_id.decode(), connection=self.redis).get_status()
-        except Exception:  # noqa: BLE001 - a vanished job is a stale flag
+        except Exception:  # noqa: BLE001 - not enqueued yet, or vanished
             status = None
         if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return True
+        if status is None:
+            # The flag is set just before its job is enqueued: a young flag without a job is
+            # an enqueue in progress, not a stale flag.
+            age = PENDING_TTL_S - int(cast(int, self.redis.ttl(key("pending", kind, project))))
+            if age < PENDING_GRACE_S:
+                return True
         # The flag outlived its job (Redis restart, worker crash): clear it.
         self.redis.delete(key("pending", kind, project))
         return False
