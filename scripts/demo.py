@@ -1,4 +1,5 @@
-"""Bring up Label Studio and the MLAssist backend locally on a built-in demo (scripts/up.sh).
+"""Bring up MLAssist locally on a built-in demo (scripts/up.sh): Redis, Label Studio, the ML
+backend and a worker; a demo project with generated images, connected to the backend.
 
 Everything lives under $MLASSIST_HOME (default ~/.local/share/mlassist/demo): Label Studio's
 data, the demo images, generated secrets. Running it again reuses all of it. Ctrl-C stops
@@ -11,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,8 +20,11 @@ from pathlib import Path
 import requests
 from label_studio_sdk import LabelStudio
 
+from backend.connect import connect_project
+from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
 from backend.localstack import Process, label_studio_env, upload_images, wait_http
 from backend.scenes import SHAPES, write_scenes
+from backend.settings import Settings
 
 PROJECT_TITLE = "MLAssist demo"
 DEMO_IMAGES = 40
@@ -59,18 +64,15 @@ def load_secrets(home: Path) -> dict[str, str]:
     if path.exists():
         return json.loads(path.read_text())
     values = {"password": secrets.token_urlsafe(12), "token": secrets.token_hex(20),
-              "basic_pass": secrets.token_urlsafe(16)}
+              "basic_pass": secrets.token_urlsafe(16), "webhook": secrets.token_urlsafe(16)}
     path.write_text(json.dumps(values))
     path.chmod(0o600)
     return values
 
 
 def port_busy(port: int) -> bool:
-    try:
-        requests.get(f"http://127.0.0.1:{port}/", timeout=1)
-        return True
-    except requests.RequestException:
-        return False
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main() -> int:
@@ -78,10 +80,11 @@ def main() -> int:
     home.mkdir(parents=True, exist_ok=True)
     ls_port = int(os.environ.get("LS_PORT", "8080"))
     backend_port = int(os.environ.get("BACKEND_PORT", "9090"))
+    redis_port = int(os.environ.get("REDIS_PORT", "6390"))
     ls_venv = Path(os.environ["MLASSIST_LS_VENV"])
     user = os.environ.get("LABEL_STUDIO_USERNAME", "admin@example.com")
     keys = load_secrets(home)
-    for port in (ls_port, backend_port):
+    for port in (ls_port, backend_port, redis_port):
         if port_busy(port):
             say(f"port {port} is already in use (an earlier run still up?); stop it or set "
                 "LS_PORT / BACKEND_PORT")
@@ -100,6 +103,12 @@ def main() -> int:
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
 
+    redis_bin = Path(sys.executable).parent / "redis-server"
+    processes.append(Process([str(redis_bin), "--port", str(redis_port), "--bind", "127.0.0.1",
+                              "--dir", str(home), "--dbfilename", "redis.rdb",
+                              "--save", "60", "1"], os.environ, logs / "redis.log"))
+    say(f"Redis is up on port {redis_port}")
+
     ls_url = f"http://127.0.0.1:{ls_port}"
     ls_env = label_studio_env(home / "label-studio", user, keys["password"], keys["token"])
     first = not (home / "label-studio").exists()
@@ -114,6 +123,10 @@ def main() -> int:
     backend_url = f"http://127.0.0.1:{backend_port}"
     backend_env = {**os.environ, "LABEL_STUDIO_URL": ls_url,
                    "LABEL_STUDIO_API_KEY": keys["token"],
+                   "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                   "WEBHOOK_SECRET": keys.get("webhook", keys["basic_pass"]),
+                   "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{backend_port}",
+                   "IMAGE_CACHE_DIR": str(home / "image-cache"),
                    "MODEL_WEIGHTS": os.environ.get("MODEL_WEIGHTS", "coco"),
                    "MODEL_WEIGHTS_FALLBACK": os.environ.get("MODEL_WEIGHTS_FALLBACK", "none"),
                    "MODEL_DIR": str(home / "models"),
@@ -124,6 +137,9 @@ def main() -> int:
     wait_http(f"{backend_url}/health", 120, processes[-1], spinner("starting the ML backend"))
     end_spinner()
     say(f"ML backend is up at {backend_url}")
+    processes.append(Process([sys.executable, "-m", "backend.cli", "worker"], backend_env,
+                             logs / "worker.log"))
+    say("worker started (training, pre-labels, reconciliation)")
 
     client = LabelStudio(base_url=ls_url, api_key=keys["token"])
     project = next((p for p in client.projects.list() if p.title == PROJECT_TITLE), None)
@@ -135,11 +151,10 @@ def main() -> int:
         upload_images(ls_url, {"Authorization": f"Token {keys['token']}"}, project.id,
                       [(path.name, path.read_bytes(), "image/jpeg") for path in paths])
         say(f"imported {len(paths)} demo images")
-    if not any(b.url == backend_url for b in client.ml.list(project=project.id)):
-        client.ml.create(project=project.id, url=backend_url, title="MLAssist",
-                         auth_method="BASIC_AUTH", basic_auth_user="mlassist",
-                         basic_auth_pass=keys["basic_pass"], is_interactive=False)
-        say("connected the ML backend to the project")
+    settings = Settings.from_env(backend_env)
+    auth = LabelStudioAuth(ls_url, keys["token"])
+    for change in connect_project(settings, LabelStudioAPI(auth), project.id):
+        say(change)
     setup = requests.post(f"{backend_url}/setup", auth=("mlassist", keys["basic_pass"]),
                           json={"project": str(project.id), "schema": CONFIG}, timeout=5).json()
 
@@ -148,7 +163,10 @@ def main() -> int:
     say(f"Model {setup['model_version']}; labels it covers now: "
         f"{setup.get('labels_covered') or 'none'}; not yet: "
         f"{setup.get('labels_uncovered') or 'none'}")
-    say("Select tasks and use Actions > Retrieve Predictions to ask the backend for boxes.")
+    say(f"Label {settings.train_min_labeled} images: a worker trains a model, and if it is good "
+        "enough, every unlabeled image gets its boxes as pre-labels.")
+    say(f"Status: mlassist status --project {project.id}   (or {backend_url}/status?project="
+        f"{project.id}, user mlassist / {keys['basic_pass']})")
     say(f"Logs: {logs}   Ctrl-C stops everything.")
     while all(process.running() for process in processes):
         time.sleep(1)
