@@ -24,6 +24,15 @@ def make_settings(**overrides: str) -> Settings:
     return Settings.from_env({**BASE_ENV, **overrides})
 
 
+def require(found, what: str):
+    """`found`, or fail in CI / skip elsewhere when `what` is not installed."""
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is not installed; scripts/bootstrap.sh installs it")
+        pytest.skip(f"{what} is not installed; scripts/test.sh installs it")
+    return found
+
+
 @pytest.fixture
 def loopback() -> Iterator[LoopbackServer]:
     with LoopbackServer() as server:
@@ -32,11 +41,7 @@ def loopback() -> Iterator[LoopbackServer]:
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    binary = azurite_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("Azurite is not installed; scripts/bootstrap.sh installs it")
-        pytest.skip("Azurite is not installed; scripts/test.sh installs it")
+    binary = require(azurite_binary(), "Azurite")
     tmp = tmp_path_factory.mktemp("azurite")
     server = Azurite(binary, tmp / "data", tmp / "azurite.log")
     yield server
@@ -45,11 +50,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    binary = redis_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed; scripts/bootstrap.sh installs it")
-        pytest.skip("redis-server is not installed; scripts/test.sh installs it")
+    binary = require(redis_binary(), "redis-server")
     server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
@@ -71,10 +72,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
     """A real Label Studio 1.23.2 for the whole session (projects keep tests apart)."""
     from tests.labelstudio import ls_binary, start_label_studio
 
-    if ls_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("Label Studio is not installed; scripts/bootstrap.sh installs it")
-        pytest.skip("Label Studio is not installed; scripts/test.sh installs it")
+    require(ls_binary(), "Label Studio")
     server = start_label_studio(tmp_path_factory.mktemp("label-studio"))
     yield server
     server.stop()

@@ -72,29 +72,33 @@ def mlassist(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def test_labels_past_the_threshold_train_once_and_prelabel_the_backlog(
-        tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudio,
-        loop_env: dict[str, str], running: tuple[Backend, Process]) -> None:
-    backend, worker = running
-    project = client.projects.create(title="the loop", label_config=CONFIG).id
-    changes = mlassist(loop_env, "connect", "--project", str(project))
-    assert "connected the ML backend" in changes
-    assert mlassist(loop_env, "connect", "--project", str(project)) == "", "idempotent"
-    hooks = [h for h in client.webhooks.list(project=project)
-             if h.url == f"{backend.url}/webhook"]
-    assert hooks and all(h.headers == {"X-MLAssist-Secret": SECRET} for h in hooks)
-
+def start_project(client: LabelStudio, label_studio: LabelStudioServer, env: dict[str, str],
+                  total: int, labeled: int, title: str) -> tuple[int, list]:
+    project = client.projects.create(title=title, label_config=CONFIG).id
+    assert "connected the ML backend" in mlassist(env, "connect", "--project", str(project))
     files = []
-    for seed in range(TOTAL):
+    for seed in range(total):
         buffer = io.BytesIO()
         make_scene(seed).image.save(buffer, format="JPEG", quality=92)
         files.append((f"scene-{seed:05d}.jpg", buffer.getvalue(), "image/jpeg"))
     upload_images(label_studio.url, {"Authorization": f"Token {ADMIN_TOKEN}"}, project, files)
     tasks = sorted(client.tasks.list(project=project), key=lambda t: t.id)
-    assert len(tasks) == TOTAL
-    for task in tasks[:LABELED]:  # a labeler, one task at a time
+    for task in tasks[:labeled]:
         seed = int(Path(task.data["image"]).stem.split("-")[-1])
         client.annotations.create(id=task.id, result=regions_of(make_scene(seed)))
+    return project, tasks
+
+
+def test_labels_past_the_threshold_train_once_and_prelabel_the_backlog(
+        tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudio,
+        loop_env: dict[str, str], running: tuple[Backend, Process]) -> None:
+    backend, worker = running
+    project, tasks = start_project(client, label_studio, loop_env, TOTAL, LABELED, "the loop")
+    assert mlassist(loop_env, "connect", "--project", str(project)) == "", "idempotent"
+    hooks = [h for h in client.webhooks.list(project=project)
+             if h.url == f"{backend.url}/webhook"]
+    assert hooks and all(h.headers == {"X-MLAssist-Secret": SECRET} for h in hooks)
+    assert len(tasks) == TOTAL
 
     registry = Registry(LocalStore(Path(loop_env["MODEL_DIR"]) / "registry"), tmp_path / "c")
     unlabeled = {t.id for t in tasks[LABELED:]}
@@ -134,23 +138,6 @@ def test_labels_past_the_threshold_train_once_and_prelabel_the_backlog(
     for log in (backend.log, worker.log):
         text = Path(log).read_text()
         assert ADMIN_TOKEN not in text and SECRET not in text and AUTH[1] not in text
-
-
-def start_project(client: LabelStudio, label_studio: LabelStudioServer, env: dict[str, str],
-                  total: int, labeled: int, title: str) -> tuple[int, list]:
-    project = client.projects.create(title=title, label_config=CONFIG).id
-    mlassist(env, "connect", "--project", str(project))
-    files = []
-    for seed in range(total):
-        buffer = io.BytesIO()
-        make_scene(seed).image.save(buffer, format="JPEG", quality=92)
-        files.append((f"scene-{seed:05d}.jpg", buffer.getvalue(), "image/jpeg"))
-    upload_images(label_studio.url, {"Authorization": f"Token {ADMIN_TOKEN}"}, project, files)
-    tasks = sorted(client.tasks.list(project=project), key=lambda t: t.id)
-    for task in tasks[:labeled]:
-        seed = int(Path(task.data["image"]).stem.split("-")[-1])
-        client.annotations.create(id=task.id, result=regions_of(make_scene(seed)))
-    return project, tasks
 
 
 def test_worker_killed_mid_training_leaves_no_stuck_lock(

@@ -9,13 +9,12 @@ versions add `thresholds` (class name -> calibrated score threshold or None), `c
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from backend.errors import ModelError
+from backend.files import atomic_file
 
 FORMAT = 1
 BACKGROUND = "__background__"
@@ -43,16 +42,8 @@ def save_checkpoint(path: Path, *, arch: str, class_names: list[str], state_dict
         "created_at": time.time(),
         **(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        torch.save(payload, handle)
     return path
 
 

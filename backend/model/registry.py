@@ -16,14 +16,13 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from backend.errors import MLAssistError
+from backend.files import atomic_file
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -70,17 +69,8 @@ class Store(Protocol):
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        handle.write(data)
 
 
 class LocalStore:
@@ -165,16 +155,8 @@ class AzureBlobStore:
             self.container.upload_blob(name, handle, overwrite=True)
 
     def download(self, name: str, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                self.container.download_blob(name).readinto(handle)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(Path(path)) as handle:
+            self.container.download_blob(name).readinto(handle)
 
     def delete(self, name: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
