@@ -186,6 +186,11 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
             except MLAssistError:
                 names = None
         version = serving.version(project)
+        if project is not None:
+            try:  # a connected project: reconciliation looks after it from now on
+                queue().remember_project(project)
+            except RedisError as exc:
+                logger.warning("project %s not remembered (Redis: %s)", project, exc)
         answer: dict[str, Any] = {"model_version": version}
         if names is not None:
             labels = coverage(names, config)

@@ -281,3 +281,15 @@ def test_concurrent_storm_queues_one_job(redis_db: Redis) -> None:
     for thread in threads:
         thread.join()
     assert Queue(TRAINING_QUEUE, connection=redis_db).count == 1
+
+
+def test_setup_makes_a_project_known_to_reconciliation(redis_db: Redis,
+                                                       redis_server: RedisServer) -> None:
+    from tests.labels import CONFIG
+
+    client = app_client(redis_server)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"ml:pw").decode()}
+    answer = client.post("/setup", json={"project": "8.1700000000", "schema": CONFIG},
+                         headers=auth)
+    assert answer.status_code == 200
+    assert JobQueue(redis_db).projects() == [8]
