@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from backend.errors import MLAssistError
 from backend.model.detector import Detector, DetectorHolder, checkpoint_detector
 from backend.model.registry import Registry
 
@@ -88,7 +87,7 @@ class ChampionServing:
         try:
             path = self.registry.checkpoint_path(project, key[1])
             detector = checkpoint_detector(path, key[1], self.device)
-        except MLAssistError as exc:
+        except Exception as exc:  # noqa: BLE001 - pruned, store down, corrupt: keep serving
             logger.error("champion %s of project %s cannot be loaded (%s); serving the base "
                          "model", key[1], project, exc)
             return self.base.get(timeout=base_wait)

@@ -97,6 +97,21 @@ class LabelStudioAuth:
         logger.debug("refreshed Label Studio access token")
 
 
+def _validation_errors(response: requests.Response) -> str:
+    """Label Studio's field-level complaints (its messages, never the values we sent)."""
+    try:
+        errors = response.json().get("validation_errors")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(errors, dict):
+        return ""
+    parts = []
+    for field, messages in errors.items():
+        text = " ".join(str(m) for m in messages) if isinstance(messages, list) else ""
+        parts.append(f"{field}: {text[:160]}")
+    return (": " + "; ".join(parts)) if parts else ""
+
+
 class LabelStudioAPI:
     """The few Label Studio API calls training needs, with the backend's own auth."""
 
@@ -126,7 +141,7 @@ class LabelStudioAPI:
             raise LabelStudioError(f"Label Studio has no {path} (HTTP 404): wrong project id?")
         if response.status_code not in (200, 201):
             raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} on "
-                                   f"{method} {path}: {response.text[:200]}")
+                                   f"{method} {path}{_validation_errors(response)}")
         return response.json() if response.content else None
 
     def project(self, project: int) -> dict:

@@ -167,7 +167,7 @@ def test_storm_trains_at_most_twice_and_pushes_back(world: FakeContext,
         versions = [p["model_version"] for p in task.get("predictions", [])]
         assert versions == [champion["version"]], task["id"]
     assert world.api.model_version == champion["version"]
-    assert jobs.pushback_done(PROJECT) == champion["version"]
+    assert jobs.pushback_done(PROJECT) == {"version": champion["version"], "tasks": 22}
     assert world.redis.keys(key("lock", "*")) == []
 
 
@@ -220,8 +220,11 @@ def test_pushback_killed_halfway_resumes_without_duplicates(world: FakeContext) 
     assert done["status"] == "done" and done["imported"] == 10 - first
     per_task = Counter(p["task"] for batch in world.api.imports for p in batch)
     assert sorted(per_task) == list(range(100, 110)) and set(per_task.values()) == {1}
+    # A completed pass resets the cursor, so a rerun walks every task again and must find
+    # each one already holding the version.
     again = jobtasks.push_back(PROJECT, world)
-    assert again["imported"] == 0
+    assert again["imported"] == 0 and again["status"] == "done"
+    assert sum(len(batch) for batch in world.api.imports) == 10
     assert all(p["model_version"] == version for batch in world.api.imports for p in batch)
 
 
@@ -293,3 +296,56 @@ def test_setup_makes_a_project_known_to_reconciliation(redis_db: Redis,
                          headers=auth)
     assert answer.status_code == 200
     assert JobQueue(redis_db).projects() == [8]
+
+
+def test_failed_tasks_keep_the_pushback_due(world: FakeContext) -> None:
+    broken = next(t for t in world.api.tasks if t["id"] == 105)
+    broken["data"]["image"] = "data:image/png;base64,AAAA"
+    world.queue.remember_project(PROJECT)
+    world.queue.request_training(PROJECT, forced=True)
+    SimpleWorker([Queue(TRAINING_QUEUE, connection=world.redis)],
+                 connection=world.redis).work(burst=True)
+    first = jobtasks.push_back(PROJECT, world)
+    assert (first["imported"], first["failed"]) == (9, 1)
+    assert world.queue.pushback_done(PROJECT) is None
+    assert jobtasks.reconcile(world)["pushback"] == [PROJECT]
+
+
+def test_lost_task_events_are_reconciled(world: FakeContext) -> None:
+    world.queue.remember_project(PROJECT)
+    world.queue.request_training(PROJECT, forced=True)
+    work(world.redis)  # trains, pushes back, marks done
+    assert jobtasks.reconcile(world)["pushback"] == []
+    world.api.tasks.extend(unlabeled_tasks(range(300, 303)))  # TASKS_CREATED never arrived
+    assert jobtasks.reconcile(world)["pushback"] == [PROJECT]
+    work(world.redis)
+    for task in world.api.tasks[-3:]:
+        assert len(task["predictions"]) == 1
+
+
+def test_busy_project_defers_instead_of_parking_a_worker(world: FakeContext) -> None:
+    jobs = world.queue
+    first = jobs.request_training(PROJECT, forced=True)
+    with ProjectLock(world.redis, f"train:{PROJECT}", wait=0):  # another training runs
+        SimpleWorker([Queue(TRAINING_QUEUE, connection=world.redis)],
+                     connection=world.redis).work(burst=True)
+        pending = world.redis.get(key("pending", "train", PROJECT)).decode()
+        assert pending != first, "the busy job handed its pending slot to a deferred one"
+        assert jobs.request_training(PROJECT) is None, "still one pending job"
+    from rq.registry import ScheduledJobRegistry
+
+    scheduled = ScheduledJobRegistry(queue=Queue(TRAINING_QUEUE, connection=world.redis))
+    assert scheduled.get_job_ids() == [pending]
+    assert jobs.is_forced(PROJECT), "the forced request survives for the deferred job"
+
+
+def test_a_lost_lock_stops_the_job_before_it_writes(redis_db: Redis) -> None:
+    lock = ProjectLock(redis_db, "train:9", wait=0, ttl=1)
+    with lock:
+        redis_db.set(key("lock", "train:9"), "someone else")  # expired and taken meanwhile
+        deadline = time.monotonic() + 5
+        while not lock.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(RuntimeError, match="was lost"):
+            lock.ensure()
+    assert redis_db.get(key("lock", "train:9")) == b"someone else", "not released by us"

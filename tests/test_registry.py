@@ -113,3 +113,24 @@ def test_interrupted_save_leaves_the_registry_consistent(tmp_path: Path) -> None
     assert state["next"] == json.loads(before)["next"] + 1  # the number is not reused
     for entry in state["versions"]:
         assert (tmp_path / "store" / entry["checkpoint"]).exists()
+
+
+def test_promotion_needs_the_champion_it_was_measured_against(tmp_path: Path) -> None:
+    registry = Registry(LocalStore(tmp_path / "store"), tmp_path / "cache")
+    v1 = add(registry, tmp_path, 0.5, promote=True)
+    v2 = add(registry, tmp_path, 0.6, promote=True)
+    registry.rollback(PROJECT)  # an operator rolls back to v1 while v3 trains against v2
+    v3 = registry.reserve_version(PROJECT, "arch")
+    entry = registry.add(PROJECT, {"version": v3, "metrics": {"ap50": 0.9}},
+                         fake_checkpoint(tmp_path, "v3.bin", b"v3"), promote=True, keep=10,
+                         expected_champion=v2)
+    assert entry["status"] == "rejected" and "champion changed to arch-v1" in entry["reason"]
+    assert registry.champion(PROJECT)["version"] == v1
+
+
+def test_azure_refuses_to_overwrite_a_version(tmp_path: Path, azurite: Azurite) -> None:
+    store = AzureBlobStore(azurite.connection_string, "registry-overwrite")
+    store.upload("1/arch-v1.pt", fake_checkpoint(tmp_path, "a.bin", b"first"))
+    with pytest.raises(RegistryError, match="refusing to overwrite"):
+        store.upload("1/arch-v1.pt", fake_checkpoint(tmp_path, "b.bin", b"second"))
+    assert store.read("1/arch-v1.pt") == b"first"

@@ -74,6 +74,10 @@ def test_warm_start_gate_and_rollback(tmp_path: Path, registry: Registry) -> Non
     assert second.started_from == f"champion {first.version}"
     assert not second.promoted and "does not beat champion" in second.reason
     assert second.champion_metrics is not None
+    first_record = registry.record(PROJECT, first.version)
+    second_record = registry.record(PROJECT, second.version)
+    assert second_record["val_task_ids"] == first_record["val_task_ids"], "same validation set"
+    assert second.champion_metrics["images"] == second.val_images
     assert registry.champion(PROJECT)["version"] == first.version
     assert registry.record(PROJECT, second.version)["status"] == "rejected"
 

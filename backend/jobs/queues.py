@@ -13,11 +13,13 @@ more job, which runs after the current one (it waits on the lock).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, cast
 
 from redis import Redis
@@ -70,6 +72,7 @@ class ProjectLock:
         self.ttl = ttl or LOCK_TTL_S
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
+        self.lost = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> ProjectLock:
@@ -84,8 +87,22 @@ class ProjectLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(min(HEARTBEAT_S, self.ttl / 4)):
-            with contextlib.suppress(Exception):
-                self.redis.eval(self._renew, 1, self.key, self.token, str(self.ttl))
+            renewed: Any
+            try:
+                renewed = self.redis.eval(self._renew, 1, self.key, self.token, str(self.ttl))
+            except Exception:  # noqa: BLE001 - Redis down: the lock may expire meanwhile
+                renewed = 0
+            if not renewed:
+                self.lost.set()
+                logger.error("%s was lost (expired or taken); this job stops before its "
+                             "next write", self.key)
+                return
+
+    def ensure(self) -> None:
+        """Raise if the lock was lost: called before every write that must not happen twice."""
+        if self.lost.is_set():
+            raise RuntimeError(f"{self.key} was lost; stopping so no other job's work is "
+                               "duplicated")
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -98,6 +115,12 @@ class JobQueue:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+
+    _cas_delete = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                   "return redis.call('del', KEYS[1]) else return 0 end")
+    _cas_set = ("local v = redis.call('get', KEYS[1]) "
+                "if v == false or v == ARGV[1] then "
+                "return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) else return 0 end")
 
     def _get(self, name: str) -> bytes | None:
         return cast(bytes | None, self.redis.get(name))
@@ -130,8 +153,9 @@ class JobQueue:
             age = PENDING_TTL_S - int(cast(int, self.redis.ttl(key("pending", kind, project))))
             if age < PENDING_GRACE_S:
                 return True
-        # The flag outlived its job (Redis restart, worker crash): clear it.
-        self.redis.delete(key("pending", kind, project))
+        # The flag outlived its job (Redis restart, worker crash): clear it, unless another
+        # caller already replaced it.
+        self.redis.eval(self._cas_delete, 1, key("pending", kind, project), job_id.decode())
         return False
 
     def _enqueue_once(self, kind: str, project: int, queue: str, func: str,
@@ -139,6 +163,8 @@ class JobQueue:
         job_id = f"{kind}-{project}-{self.redis.incr(key('seq', kind, project))}"
         if not self.redis.set(key("pending", kind, project), job_id, nx=True, ex=PENDING_TTL_S):
             if self._pending_alive(kind, project):
+                # Collapsed; a job waiting behind a long backlog keeps its flag.
+                self.redis.expire(key("pending", kind, project), PENDING_TTL_S)
                 return None
             if not self.redis.set(key("pending", kind, project), job_id, nx=True,
                                   ex=PENDING_TTL_S):
@@ -148,8 +174,27 @@ class JobQueue:
                                   retry=TRANSIENT_RETRY, description=f"{kind} project {project}")
         return job_id
 
-    def clear_pending(self, kind: str, project: int) -> None:
-        self.redis.delete(key("pending", kind, project))
+    def release_pending(self, kind: str, project: int, job_id: str | None) -> None:
+        """Called by a job once it holds the project's lock: events from now on queue one more
+        job. Only the job's own flag is cleared (a retry must not clear a newer job's)."""
+        if job_id is None:
+            self.redis.delete(key("pending", kind, project))
+        else:
+            self.redis.eval(self._cas_delete, 1, key("pending", kind, project), job_id)
+
+    def defer(self, kind: str, project: int, job_id: str | None, queue: str, func: str,
+              args: tuple[Any, ...], timeout: int, delay_s: int) -> str | None:
+        """Re-queue a job that found its project busy, `delay_s` later, as the pending job
+        (so workers are never parked on a lock). None if another job is pending already."""
+        new_id = f"{kind}-{project}-{self.redis.incr(key('seq', kind, project))}"
+        if not self.redis.eval(self._cas_set, 1, key("pending", kind, project), job_id or "",
+                               new_id, str(PENDING_TTL_S)):
+            return None
+        self.queue(queue).enqueue_in(
+            timedelta(seconds=delay_s), func, *args, job_id=new_id, job_timeout=timeout,
+            result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S, retry=TRANSIENT_RETRY,
+            description=f"{kind} project {project}")
+        return new_id
 
     def request_training(self, project: int, forced: bool = False) -> str | None:
         """Queue a training check for the project unless one is pending; the job id or None."""
@@ -159,8 +204,12 @@ class JobQueue:
                                   "backend.jobs.tasks.train_project", (project,),
                                   TRAIN_TIMEOUT_S)
 
-    def take_forced(self, project: int) -> bool:
-        return bool(cast(bytes | None, self.redis.getdel(key("forced", project))))
+    def is_forced(self, project: int) -> bool:
+        return bool(self._get(key("forced", project)))
+
+    def clear_forced(self, project: int) -> None:
+        """After a training succeeded (a failed one keeps the request for its retry)."""
+        self.redis.delete(key("forced", project))
 
     def request_pushback(self, project: int) -> str | None:
         """Queue pre-annotation of the project's backlog by its champion (single flight)."""
@@ -193,12 +242,17 @@ class JobQueue:
     def set_last_trained(self, project: int, labeled: int) -> None:
         self.redis.set(key("trained-at", project), labeled)
 
-    def pushback_done(self, project: int) -> str | None:
+    def pushback_done(self, project: int) -> dict[str, Any] | None:
+        """{"version", "tasks"} of the last complete push-back, or None."""
         value = self._get(key("pushback-done", project))
-        return value.decode() if value is not None else None
+        return dict(json.loads(value)) if value is not None else None
 
-    def set_pushback_done(self, project: int, version: str) -> None:
-        self.redis.set(key("pushback-done", project), version)
+    def set_pushback_done(self, project: int, version: str, tasks: int) -> None:
+        self.redis.set(key("pushback-done", project),
+                       json.dumps({"version": version, "tasks": tasks}))
+
+    def clear_cursor(self, project: int, version: str) -> None:
+        self.redis.delete(key("cursor", project, version))
 
     def cursor(self, project: int, version: str) -> int:
         value = self._get(key("cursor", project, version))

@@ -39,7 +39,8 @@ def project_status(project: int, settings: Settings, api: LabelStudioAPI, regist
         "labeled": int(info.get("num_tasks_with_annotations") or 0),
         "project_model_version": info.get("model_version") or None,
         "champion": _brief(champion),
-        "latest_candidate": _brief(latest) if latest is not champion else None,
+        "latest_candidate": _brief(latest) if latest is not None and (
+            champion is None or latest["version"] != champion["version"]) else None,
         "tasks_with_champion_prelabels": prelabeled,
         "pushback_done_for": jobs.pushback_done(project),
         "last_trained_at_labeled": last_trained,

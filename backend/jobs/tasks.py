@@ -16,8 +16,10 @@ from backend.errors import NotEnoughLabels
 from backend.images import ImageFetcher
 from backend.jobs.policy import training_due
 from backend.jobs.queues import (
+    PREDICT_QUEUE,
     PREDICT_TIMEOUT_S,
     TRAIN_TIMEOUT_S,
+    TRAINING_QUEUE,
     JobQueue,
     ProjectLock,
     connect,
@@ -29,6 +31,8 @@ from backend.predictions import PredictOptions, Predictor
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+BUSY_RETRY_S = 30  # a job that finds its project busy comes back this much later
 
 
 class Context:
@@ -63,16 +67,44 @@ def labeled_count(project: dict[str, Any]) -> int:
     return int(project.get("num_tasks_with_annotations") or 0)
 
 
+def _job_id() -> str | None:
+    job = get_current_job()
+    return str(job.id) if job is not None else None
+
+
+def _acquire(ctx: Context, kind: str, project: int, lock_name: str, func: str,
+             queue: str, timeout: int) -> ProjectLock | None:
+    """Take the project's lock, or, inside a worker, re-queue this job for later (a worker
+    never waits hours on another job's lock); direct calls wait."""
+    job_id = _job_id()
+    lock = ProjectLock(ctx.redis, lock_name, wait=0 if job_id else timeout,
+                       ttl=ctx.settings.job_lock_ttl)
+    try:
+        lock.__enter__()
+    except TimeoutError:
+        ctx.queue.defer(kind, project, job_id, queue, func, (project,), timeout,
+                        delay_s=BUSY_RETRY_S)
+        return None
+    ctx.queue.release_pending(kind, project, job_id)
+    return lock
+
+
 def train_project(project: int, context: Context | None = None) -> dict[str, Any]:
     """Train the project if the policy says so (or it was asked to); then queue what follows."""
     ctx = context or Context(Settings.from_env())
     s = ctx.settings
-    ctx.queue.clear_pending("train", project)  # events from now on queue one more check
-    forced = ctx.queue.take_forced(project)
-    with ProjectLock(ctx.redis, f"train:{project}", wait=TRAIN_TIMEOUT_S,
-                     ttl=s.job_lock_ttl):
+    lock = _acquire(ctx, "train", project, f"train:{project}",
+                    "backend.jobs.tasks.train_project", TRAINING_QUEUE, TRAIN_TIMEOUT_S)
+    if lock is None:
+        return {"status": "deferred", "reason": "another training of this project is running"}
+    try:
+        forced = ctx.queue.is_forced(project)
         labeled = labeled_count(ctx.api.project(project))
         last = ctx.queue.last_trained(project)
+        if last is None:  # Redis lost its state: the registry remembers the last round
+            versions = ctx.registry.versions(project)
+            if versions:
+                last = int(versions[-1].get("labeled_tasks") or 0) or None
         decision = training_due(labeled, last, forced=forced, min_labeled=s.train_min_labeled,
                                 every=s.train_every, growth=s.train_growth)
         if not decision.due:
@@ -83,16 +115,19 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
         from backend.model.training import train_round
 
         try:
-            result = train_round(
-                project, s, ctx.api, ctx.fetcher, ctx.registry,
-                device=resolve_device(s.device),
-                progress=_training_progress)
+            result = train_round(project, s, ctx.api, ctx.fetcher, ctx.registry,
+                                 device=resolve_device(s.device), progress=_training_progress,
+                                 before_commit=lock.ensure, labeled_tasks=labeled)
         except NotEnoughLabels as exc:
             return {"status": "not enough labels", "reason": str(exc)}
-        labeled = int(result.dataset["tasks_labeled"])  # what the round actually read
-        ctx.queue.set_last_trained(project, labeled)
+        lock.ensure()
+        ctx.queue.set_last_trained(project, labeled)  # Label Studio's count, as compared
+        if forced:
+            ctx.queue.clear_forced(project)
         if result.promoted:
             ctx.queue.request_pushback(project)
+    finally:
+        lock.__exit__()
     # A training that finds new labels due runs once more.
     now = labeled_count(ctx.api.project(project))
     if training_due(now, labeled, forced=False, min_labeled=s.train_min_labeled,
@@ -143,11 +178,15 @@ def push_back(project: int, context: Context | None = None,
 
     Walks tasks in id order from a cursor kept in Redis, so a killed job resumes where it
     stopped; a task that already holds this version is skipped, so nothing is predicted twice.
+    A pass with failed tasks is not marked done: reconciliation runs it again (from the start;
+    the tasks already predicted are skipped).
     """
     ctx = context or Context(Settings.from_env())
-    ctx.queue.clear_pending("pushback", project)
-    with ProjectLock(ctx.redis, f"predict:{project}", wait=PREDICT_TIMEOUT_S,
-                     ttl=ctx.settings.job_lock_ttl):
+    lock = _acquire(ctx, "pushback", project, f"predict:{project}",
+                    "backend.jobs.tasks.push_back", PREDICT_QUEUE, PREDICT_TIMEOUT_S)
+    if lock is None:
+        return {"status": "deferred", "reason": "the project's pre-labeling is busy"}
+    try:
         found = _champion_predictor(ctx, project)
         if found is None:
             return {"status": "no champion"}
@@ -159,6 +198,7 @@ def push_back(project: int, context: Context | None = None,
             tasks = ctx.api.tasks_after(project, cursor, ctx.settings.pushback_batch)
             if not tasks:
                 break
+            lock.ensure()
             done, bad = _predict_and_import(ctx, project, version, tasks, predictor, detector,
                                             config)
             imported, failed, seen = imported + done, failed + bad, seen + len(tasks)
@@ -175,7 +215,12 @@ def push_back(project: int, context: Context | None = None,
                 return {"status": "stopped", "imported": imported, "cursor": cursor}
         if not shown and ctx.api.count_tasks_with_prediction(project, version):
             ctx.api.update_project(project, model_version=version)  # resumed after the import
-        ctx.queue.set_pushback_done(project, version)
+        ctx.queue.clear_cursor(project, version)
+        if failed == 0:
+            total = int(ctx.api.project(project).get("task_number") or 0)
+            ctx.queue.set_pushback_done(project, version, total)
+    finally:
+        lock.__exit__()
     logger.info("project %s: pushed %d predictions of %s (%d tasks failed)", project,
                 imported, version, failed)
     return {"status": "done", "version": version, "imported": imported, "failed": failed}
@@ -187,15 +232,25 @@ def predict_new_tasks(project: int, task_ids: list[int],
     ctx = context or Context(Settings.from_env())
     if ctx.registry.champion(project) is None:
         return {"status": "no champion"}
-    with ProjectLock(ctx.redis, f"predict:{project}", wait=PREDICT_TIMEOUT_S,
-                     ttl=ctx.settings.job_lock_ttl):
+    lock = ProjectLock(ctx.redis, f"predict:{project}", wait=0, ttl=ctx.settings.job_lock_ttl)
+    try:
+        lock.__enter__()
+    except TimeoutError:
+        # A push-back is running: new tasks have the highest ids, so its walk reaches them;
+        # a pending push-back makes sure of it.
+        ctx.queue.request_pushback(project)
+        return {"status": "left to the push-back"}
+    try:
         found = _champion_predictor(ctx, project)
         if found is None:
             return {"status": "no champion"}
         detector, predictor, config, version = found
         tasks = ctx.api.get_tasks(project, task_ids)
+        lock.ensure()
         imported, failed = _predict_and_import(ctx, project, version, tasks, predictor,
                                                detector, config)
+    finally:
+        lock.__exit__()
     return {"status": "done", "version": version, "imported": imported, "failed": failed}
 
 
@@ -207,7 +262,12 @@ def reconcile(context: Context | None = None) -> dict[str, Any]:
         if ctx.queue.request_training(project):
             queued["training"].append(project)
         champion = ctx.registry.champion(project)
-        if champion is not None and ctx.queue.pushback_done(project) != champion["version"] \
+        if champion is None:
+            continue
+        done = ctx.queue.pushback_done(project) or {}
+        # A new champion, failed tasks, or tasks whose TASKS_CREATED was lost.
+        tasks = int(ctx.api.project(project).get("task_number") or 0)
+        if (done.get("version") != champion["version"] or done.get("tasks") != tasks) \
                 and ctx.queue.request_pushback(project):
             queued["pushback"].append(project)
     return queued

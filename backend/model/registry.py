@@ -150,9 +150,15 @@ class AzureBlobStore:
         self.container.upload_blob(name, data, overwrite=True)
 
     def upload(self, name: str, path: Path) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
         self._ensure_container()
         with open(path, "rb") as handle:
-            self.container.upload_blob(name, handle, overwrite=True)
+            try:  # version names are never reused: an existing blob is someone else's
+                self.container.upload_blob(name, handle, overwrite=False)
+            except ResourceExistsError:
+                raise RegistryError(f"{name} already exists in the registry; refusing to "
+                                    "overwrite another version's checkpoint") from None
 
     def download(self, name: str, path: Path) -> None:
         with atomic_file(Path(path)) as handle:
@@ -250,13 +256,24 @@ class Registry:
         return f"{arch}-v{number}"
 
     def add(self, project: int, record: dict[str, Any], checkpoint: Path, promote: bool,
-            keep: int) -> dict[str, Any]:
-        """Upload a version's checkpoint, then record it (and make it champion if promoted)."""
+            keep: int, expected_champion: str | None | bool = False) -> dict[str, Any]:
+        """Upload a version's checkpoint, then record it (and make it champion if promoted).
+
+        With `expected_champion` (a version or None), promotion happens only if the champion
+        is still the one the candidate was compared with (not changed by a rollback or another
+        machine meanwhile); otherwise the version is kept as rejected, saying so.
+        """
         version = record["version"]
         name = f"{project}/{version}.pt"
         self.store.upload(name, checkpoint)
         with self.store.locked(f"{project}/registry"):
             state = self._state(project)
+            if promote and expected_champion is not False \
+                    and state["champion"] != expected_champion:
+                promote = False
+                record = {**record, "reason": f"champion changed to {state['champion']} while "
+                                              f"this version was measured against "
+                                              f"{expected_champion}; promote it by hand"}
             entry = {**record, "checkpoint": name,
                      "status": "champion" if promote else "rejected",
                      "created_at": record.get("created_at", time.time())}

@@ -143,7 +143,9 @@ def calibrate(truths: list[ImageTruth], predictions: list[ImagePrediction],
 
 def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: ImageFetcher,
                 registry: Registry, *, steps: int | None = None, device: str = "cpu",
-                progress: Callable[[int, int, float], None] | None = None) -> RoundResult:
+                progress: Callable[[int, int, float], None] | None = None,
+                before_commit: Callable[[], None] | None = None,
+                labeled_tasks: int | None = None) -> RoundResult:
     """Run one training round for a project; raises NotEnoughLabels when it cannot run yet."""
     started = time.monotonic()
     arch = settings.model_arch
@@ -191,11 +193,15 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
     history = registry.versions(project)
     thresholds, calibration = calibrate(truths, predictions, class_names,
                                         settings.target_precision, len(train_items), history)
+    if before_commit is not None:
+        before_commit()  # e.g. stop if this job lost its project lock meanwhile
     version = registry.reserve_version(project, arch)
     record = {
         "version": version, "arch": arch, "class_names": class_names, "parent": parent,
         "metrics": metrics.to_dict(), "thresholds": thresholds, "calibration": calibration,
         "train_labels": len(train_items), "val_images": len(val_items),
+        "labeled_tasks": labeled_tasks if labeled_tasks is not None else report.tasks_labeled,
+        "val_task_ids": sorted({item[0].task_id for item in val_items}),
         "champion_metrics_same_val": champion_metrics.to_dict() if champion_metrics else None,
         "train_config": train_config.to_dict(), "started_from": started_from,
         "reason": reason, "created_at": time.time(), "loss": curve["loss_every_10_steps"],
@@ -206,7 +212,10 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
                                metrics=metrics.to_dict(), train_config=train_config.to_dict(),
                                extra={"thresholds": thresholds, "train_labels": len(train_items),
                                       "parent": parent, "calibration": calibration})
-        registry.add(project, record, path, promote=promote, keep=settings.keep_versions)
+        entry = registry.add(project, record, path, promote=promote, keep=settings.keep_versions,
+                             expected_champion=champion["version"] if champion else None)
+    if promote and entry["status"] != "champion":
+        promote, reason = False, entry["reason"]
     logger.info("project %s: %s AP50 %.3f AP %.3f: %s (%s)", project, version, metrics.ap50,
                 metrics.ap, "promoted" if promote else "rejected", reason)
     return RoundResult(version, promote, reason, metrics.to_dict(),
