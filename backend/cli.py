@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     connect_ = commands.add_parser("connect", help="connect the backend to a project")
     connect_.add_argument("--project", type=int, required=True)
     connect_.add_argument("--labels", help="comma list of box labels: sets the label config")
+    sync = commands.add_parser("sync", help="import blobs from Azure Blob Storage as tasks")
+    sync.add_argument("--project", type=int, required=True)
+    sync.add_argument("--watch", action="store_true",
+                      help="keep syncing every SYNC_INTERVAL seconds until stopped")
     args = parser.parse_args(argv)
 
     if args.command == "settings":
@@ -122,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             from backend.commands import status_command
 
             status_command(settings, args.project)
+        elif args.command == "sync":
+            import json
+
+            from sync.service import run_sync
+
+            print(json.dumps(run_sync(settings, args.project, args.watch)))  # noqa: T201
         elif args.command == "connect":
             from backend.commands import connect_command
 

@@ -162,18 +162,35 @@ class LabelStudioAPI:
     def tasks_after(self, project: int, after_id: int, limit: int) -> list[dict]:
         """Up to `limit` unlabeled tasks with id > after_id, in id order, with predictions and
         raw data (keyset paging: labelers working meanwhile cannot make it skip tasks)."""
-        query = {"filters": {"conjunction": "and", "items": [
-            {"filter": "filter:tasks:total_annotations", "operator": "equal",
-             "type": "Number", "value": 0},
-            {"filter": "filter:tasks:id", "operator": "greater", "type": "Number",
-             "value": after_id}]},
-            "ordering": ["tasks:id"]}
-        found = self._call("GET", "/api/tasks", params={
-            "project": str(project), "page": "1", "page_size": str(limit), "fields": "all",
-            "resolve_uri": "false", "query": json.dumps(query)})
+        return self._task_walk(project, after_id, limit, unlabeled_only=True, full=True)
+
+    def task_page(self, project: int, after_id: int, limit: int) -> list[dict]:
+        """Up to `limit` tasks with id > after_id, in id order, data only."""
+        return self._task_walk(project, after_id, limit, unlabeled_only=False, full=False)
+
+    def _task_walk(self, project: int, after_id: int, limit: int, unlabeled_only: bool,
+                   full: bool) -> list[dict]:
+        items: list[dict] = [{"filter": "filter:tasks:id", "operator": "greater",
+                              "type": "Number", "value": after_id}]
+        if unlabeled_only:
+            items.append({"filter": "filter:tasks:total_annotations", "operator": "equal",
+                          "type": "Number", "value": 0})
+        query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
+        params = {"project": str(project), "page": "1", "page_size": str(limit),
+                  "resolve_uri": "false", "query": json.dumps(query)}
+        if full:
+            params["fields"] = "all"
+        found = self._call("GET", "/api/tasks", params=params)
         if not isinstance(found, dict):
             raise LabelStudioError(f"unexpected task list for project {project}")
         return [task for task in found.get("tasks") or [] if isinstance(task, dict)]
+
+    def import_tasks(self, project: int, tasks: list[dict]) -> None:
+        """Bulk-create tasks ([{"data": {...}}, ...]) in one request."""
+        self._call("POST", f"/api/projects/{project}/import", body=tasks)
+
+    def update_task(self, task_id: int, **fields: object) -> None:
+        self._call("PATCH", f"/api/tasks/{task_id}", body=fields)
 
     def count_tasks_with_prediction(self, project: int, version: str) -> int | None:
         """How many tasks hold a prediction of `version` (None if Label Studio cannot say)."""

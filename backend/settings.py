@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -87,6 +88,14 @@ def _choice(*allowed: str) -> Callable[[str], str]:
         return value
 
     return parse
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc})") from None
+    return value
 
 
 def _host_list(value: str) -> tuple[str, ...]:
@@ -244,6 +253,30 @@ class Settings:
     pushback_batch: int = setting(
         "PUSHBACK_BATCH", _positive_int, "64",
         "Tasks per pre-annotation batch (one bulk import into Label Studio per batch).")
+    sync_container: str = setting(
+        "SYNC_CONTAINER", _text, "",
+        "Azure Blob container `mlassist sync` imports from (with AZURE_STORAGE_CONNECTION_STRING).")
+    sync_local_dir: str = setting(
+        "SYNC_LOCAL_DIR", _text, "",
+        "A local directory to sync instead of a container (no Azure needed).")
+    sync_local_url_prefix: str = setting(
+        "SYNC_LOCAL_URL_PREFIX", _text, "",
+        "URL prefix of files from SYNC_LOCAL_DIR, e.g. `/data/local-files/?d=images/` when "
+        "Label Studio serves local files from the directory above.")
+    sync_prefix: str = setting("SYNC_PREFIX", _text, "", "Only blobs under this prefix.")
+    sync_recursive: str = setting(
+        "SYNC_RECURSIVE", _choice("true", "false"), "true",
+        "Whether blobs in sub-folders of the prefix are imported.")
+    sync_pattern: str = setting(
+        "SYNC_PATTERN", _regex, r"(?i)\.(jpe?g|png|bmp|gif|tiff?|webp)$",
+        "Regular expression a blob name must match (default: image extensions).")
+    sync_interval: int = setting(
+        "SYNC_INTERVAL", _positive_int, "60", "Seconds between passes of `mlassist sync --watch`.")
+    sync_batch: int = setting(
+        "SYNC_BATCH", _positive_int, "500", "Tasks per import request.")
+    sync_sas_ttl_hours: float = setting(
+        "SYNC_SAS_TTL_HOURS", _positive_float, "168",
+        "Lifetime of the read-only SAS URLs put in tasks; re-signed when a third is left.")
     log_level: str = setting(
         "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.")
 

@@ -1,0 +1,71 @@
+"""`mlassist sync`: one pass, or `--watch` passes on an interval until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from datetime import timedelta
+from typing import Any
+
+from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
+from backend.settings import Settings
+from sync.importer import Importer
+from sync.sources import AzureBlobSource, LocalDirSource
+
+logger = logging.getLogger(__name__)
+
+
+def build_importer(settings: Settings, project: int) -> Importer:
+    ttl = timedelta(hours=settings.sync_sas_ttl_hours)
+    source: AzureBlobSource | LocalDirSource
+    if settings.sync_container and settings.azure_storage_connection_string:
+        source = AzureBlobSource(settings.azure_storage_connection_string,
+                                 settings.sync_container, settings.sync_prefix,
+                                 settings.sync_recursive == "true", settings.sync_pattern, ttl)
+    elif settings.sync_local_dir and settings.sync_local_url_prefix:
+        source = LocalDirSource(settings.sync_local_dir, settings.sync_local_url_prefix,
+                                settings.sync_recursive == "true", settings.sync_pattern)
+    else:
+        from backend.errors import SettingsError
+
+        raise SettingsError("mlassist sync needs SYNC_CONTAINER and "
+                            "AZURE_STORAGE_CONNECTION_STRING, or SYNC_LOCAL_DIR and "
+                            "SYNC_LOCAL_URL_PREFIX")
+    api = LabelStudioAPI(LabelStudioAuth(settings.label_studio_url,
+                                         settings.label_studio_api_key))
+    return Importer(api, project, source, batch=settings.sync_batch,
+                    max_bytes=settings.max_image_bytes,
+                    resign_before_s=ttl.total_seconds() / 3)
+
+
+def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:
+    """Run passes; SIGTERM/SIGINT stop after the current batch."""
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    importer = build_importer(settings, project)
+    known = importer.load_state()
+    logger.info("project %s: %d blobs already imported", project, known)
+    last: dict[str, Any] = {}
+    while True:
+        bar = tqdm(desc=f"project {project} import", unit="task", disable=None,
+                   file=sys.stderr)
+
+        def progress(done: int, total: int, bar: Any = bar) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        report = importer.run_pass(stop.is_set, progress)
+        bar.close()
+        last = report.to_dict()
+        logger.info("project %s: listed %d, imported %d, updated %d, flagged missing %d, "
+                    "back %d, re-signed %d, skipped %d in %.1f s", project, report.listed,
+                    report.imported, report.updated, report.flagged_missing, report.returned,
+                    report.resigned, len(report.skipped), report.seconds)
+        if not watch or stop.wait(settings.sync_interval):
+            return last
