@@ -256,6 +256,16 @@ class Settings:
     sync_container: str = setting(
         "SYNC_CONTAINER", _text, "",
         "Azure Blob container `mlassist sync` imports from (with AZURE_STORAGE_CONNECTION_STRING).")
+    sync_account_url: str = setting(
+        "SYNC_ACCOUNT_URL", _text, "",
+        "Blob service URL (instead of a connection string), with AZURE_STORAGE_KEY, "
+        "AZURE_STORAGE_SAS, or DefaultAzureCredential when azure-identity is installed.")
+    azure_storage_key: str = setting(
+        "AZURE_STORAGE_KEY", _text, "", "Account key for SYNC_ACCOUNT_URL.", secret=True)
+    azure_storage_sas: str = setting(
+        "AZURE_STORAGE_SAS", _text, "",
+        "SAS token for SYNC_ACCOUNT_URL (read + list; it is also put in task URLs).",
+        secret=True)
     sync_local_dir: str = setting(
         "SYNC_LOCAL_DIR", _text, "",
         "A local directory to sync instead of a container (no Azure needed).")

@@ -1,4 +1,5 @@
-"""`mlassist sync`: one pass, or `--watch` passes on an interval until SIGTERM/SIGINT."""
+"""`mlassist sync`: one pass, or `--watch` passes on an interval (SIGHUP: one now) until
+SIGTERM/SIGINT, which stop it after the current batch."""
 
 from __future__ import annotations
 
@@ -20,19 +21,28 @@ logger = logging.getLogger(__name__)
 def build_importer(settings: Settings, project: int) -> Importer:
     ttl = timedelta(hours=settings.sync_sas_ttl_hours)
     source: AzureBlobSource | LocalDirSource
-    if settings.sync_container and settings.azure_storage_connection_string:
-        source = AzureBlobSource(settings.azure_storage_connection_string,
-                                 settings.sync_container, settings.sync_prefix,
-                                 settings.sync_recursive == "true", settings.sync_pattern, ttl)
+    if settings.sync_container and (settings.azure_storage_connection_string
+                                    or settings.sync_account_url):
+        try:
+            source = AzureBlobSource(settings.azure_storage_connection_string,
+                                     settings.sync_container, settings.sync_prefix,
+                                     settings.sync_recursive == "true", settings.sync_pattern,
+                                     ttl, account_url=settings.sync_account_url,
+                                     account_key=settings.azure_storage_key,
+                                     sas_token=settings.azure_storage_sas)
+        except ValueError as exc:
+            from backend.errors import SettingsError
+
+            raise SettingsError(str(exc)) from None
     elif settings.sync_local_dir and settings.sync_local_url_prefix:
         source = LocalDirSource(settings.sync_local_dir, settings.sync_local_url_prefix,
                                 settings.sync_recursive == "true", settings.sync_pattern)
     else:
         from backend.errors import SettingsError
 
-        raise SettingsError("mlassist sync needs SYNC_CONTAINER and "
-                            "AZURE_STORAGE_CONNECTION_STRING, or SYNC_LOCAL_DIR and "
-                            "SYNC_LOCAL_URL_PREFIX")
+        raise SettingsError("mlassist sync needs SYNC_CONTAINER with "
+                            "AZURE_STORAGE_CONNECTION_STRING or SYNC_ACCOUNT_URL, or "
+                            "SYNC_LOCAL_DIR with SYNC_LOCAL_URL_PREFIX")
     api = LabelStudioAPI(LabelStudioAuth(settings.label_studio_url,
                                          settings.label_studio_api_key))
     return Importer(api, project, source, batch=settings.sync_batch,
@@ -45,8 +55,14 @@ def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:
     from tqdm import tqdm
 
     stop = threading.Event()
+    now = threading.Event()
+    def shutdown(*_: object) -> None:
+        stop.set()
+        now.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, shutdown)
+    signal.signal(signal.SIGHUP, lambda *_: now.set())  # on demand: a pass right away
     importer = build_importer(settings, project)
     known = importer.load_state()
     logger.info("project %s: %d blobs already imported", project, known)
@@ -67,5 +83,9 @@ def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:
                     "back %d, re-signed %d, skipped %d in %.1f s", project, report.listed,
                     report.imported, report.updated, report.flagged_missing, report.returned,
                     report.resigned, len(report.skipped), report.seconds)
-        if not watch or stop.wait(settings.sync_interval):
+        if not watch:
+            return last
+        now.wait(settings.sync_interval)
+        now.clear()
+        if stop.is_set():
             return last

@@ -52,6 +52,7 @@ def loop_env(tmp_path: Path, label_studio: LabelStudioServer,
         "TRAIN_STEPS": "20", "TRAIN_BATCH_SIZE": "2", "VALIDATION_FRACTION": "0.3",
         "MIN_VALIDATION_IMAGES": "2", "MIN_FIRST_AP50": "0", "SCORE_THRESHOLD": "0.05",
         "PRELABEL_UNCALIBRATED": "show", "LOG_LEVEL": "info",
+        "ALLOWED_IMAGE_HOSTS": "127.0.0.1",  # Azurite, for synced blobs
     }
 
 
@@ -89,9 +90,16 @@ def start_project(client: LabelStudio, label_studio: LabelStudioServer, env: dic
     return project, tasks
 
 
+def _jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    make_scene(seed).image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
 def test_labels_past_the_threshold_train_once_and_prelabel_the_backlog(
         tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudio,
-        loop_env: dict[str, str], running: tuple[Backend, Process]) -> None:
+        loop_env: dict[str, str], running: tuple[Backend, Process],
+        request: pytest.FixtureRequest) -> None:
     backend, worker = running
     project, tasks = start_project(client, label_studio, loop_env, TOTAL, LABELED, "the loop")
     assert mlassist(loop_env, "connect", "--project", str(project)) == "", "idempotent"
@@ -135,9 +143,31 @@ def test_labels_past_the_threshold_train_once_and_prelabel_the_backlog(
     shown = json.loads(mlassist(loop_env, "status", "--project", str(project)))
     assert shown["champion"]["version"] == version
 
+    # New images dropped into blob storage: the sync imports them, Label Studio's
+    # TASKS_CREATED reaches the backend, and the champion pre-annotates them within seconds.
+    from tests.azurite import Azurite
+    from tests.test_sync import fill
+
+    azurite: Azurite = request.getfixturevalue("azurite")
+    fill(azurite, "loop-new", [f"new/{i}.jpg" for i in range(3)], _jpeg(90))
+    sync_env = {**loop_env, "SYNC_CONTAINER": "loop-new",
+                "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    mlassist(sync_env, "sync", "--project", str(project))
+    synced = {t.id for t in client.tasks.list(project=project) if "mlassist_blob" in t.data}
+    assert len(synced) == 3
+    deadline = time.monotonic() + 90
+    while True:
+        found = {p.task for p in client.predictions.list(project=project)
+                 if p.model_version == version}
+        if synced <= found:
+            break
+        assert time.monotonic() < deadline, worker.log.read_text()[-3000:]
+        time.sleep(1)
+
     for log in (backend.log, worker.log):
         text = Path(log).read_text()
         assert ADMIN_TOKEN not in text and SECRET not in text and AUTH[1] not in text
+        assert "sig=" not in text, "no SAS signature in the logs"
 
 
 def test_worker_killed_mid_training_leaves_no_stuck_lock(

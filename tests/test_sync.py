@@ -54,7 +54,7 @@ def importer(label_studio: LabelStudioServer, azurite: Azurite, project: int,
 def test_initial_incremental_changed_deleted_and_bad_blobs(
         label_studio: LabelStudioServer, azurite: Azurite, client: LabelStudio) -> None:
     container = "sync-main"
-    good = [f"batch/{i:04d}.jpg" for i in range(1500)] + [
+    good = [f"batch/{i:04d}.jpg" for i in range(2000)] + [
         "with space/ünïcode 名前.PNG", "a/b/c/d/e/f/deep.jpeg"]
     fill(azurite, container, good)
     fill(azurite, container, ["notes.txt", "data.csv"], b"not an image")
@@ -144,7 +144,7 @@ def test_watch_mode_stops_cleanly_on_sigterm(label_studio: LabelStudioServer, az
     project = client.projects.create(title="sync watch", label_config=CONFIG).id
     env = {**os.environ, "LABEL_STUDIO_URL": label_studio.url,
            "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "SYNC_CONTAINER": container,
-           "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "SYNC_INTERVAL": "1",
+           "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "SYNC_INTERVAL": "600",
            "LOG_LEVEL": "info"}
     process = subprocess.Popen([mlassist_bin(), "sync", "--project", str(project), "--watch"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -153,7 +153,8 @@ def test_watch_mode_stops_cleanly_on_sigterm(label_studio: LabelStudioServer, az
     while sum(keys_in(client, project).values()) < 2:
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.5)
-    fill(azurite, container, ["w/3.jpg"])  # picked up by a later pass
+    fill(azurite, container, ["w/3.jpg"])
+    process.send_signal(signal.SIGHUP)  # on demand: a pass now, not in 10 minutes
     while sum(keys_in(client, project).values()) < 3:
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.5)
@@ -162,3 +163,27 @@ def test_watch_mode_stops_cleanly_on_sigterm(label_studio: LabelStudioServer, az
     assert process.returncode == 0, err[-2000:]
     assert '"listed": 3' in out
     assert azurite.connection_string.split("AccountKey=")[1][:20] not in err
+
+
+def test_account_url_with_key_or_sas(label_studio: LabelStudioServer, azurite: Azurite,
+                                     client: LabelStudio) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from tests.azurite import ACCOUNT, KEY
+
+    container = "sync-account-url"
+    fill(azurite, container, ["x/1.jpg"])
+    account_url = f"http://127.0.0.1:{azurite.port}/{ACCOUNT}"
+    fetcher = ImageFetcher(LabelStudioAuth(label_studio.url, ADMIN_TOKEN), ("127.0.0.1",),
+                           max_bytes=10**6, max_pixels=10**7, timeout=10)
+    with_key = AzureBlobSource("", container, account_url=account_url, account_key=KEY)
+    [blob] = list(with_key.list())
+    assert fetcher.load(with_key.url_for(blob.name)[0], None).width == 32
+    sas = generate_account_sas(ACCOUNT, KEY, ResourceTypes(container=True, object=True),
+                               AccountSasPermissions(read=True, list=True),
+                               datetime.now(UTC) + timedelta(hours=1))
+    with_sas = AzureBlobSource("", container, account_url=account_url, sas_token=sas)
+    assert [b.name for b in with_sas.list()] == ["x/1.jpg"]
+    assert fetcher.load(with_sas.url_for("x/1.jpg")[0], None).width == 32
