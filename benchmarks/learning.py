@@ -34,6 +34,7 @@ from backend.model.detector import checkpoint_detector  # noqa: E402
 from backend.model.evaluation import ImagePrediction, ImageTruth, coco_metrics  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.scenes import SHAPES, make_scene  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 from tests.labels import CONFIG, regions_of  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 
@@ -136,10 +137,7 @@ def main() -> None:
     best = [v for v in report["versions"] if v.get("champion_held_out", {}).get("ap50", 0) >= 0.9]
     report["reached_ap50_0.9"] = bool(best)
     report["train_seconds_to_ap50_0.9"] = best[0]["cumulative_train_seconds"] if best else None
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from backend.localstack import free_port, upload_images  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.scenes import make_scene  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 from tests.labels import CONFIG  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 from tests.redis_server import RedisServer, redis_binary  # noqa: E402
@@ -163,10 +163,7 @@ def main() -> None:
                 backend.stop()
             ls.stop()
             redis_server.stop()
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ the same run, with the same thread count.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.images import decode_image  # noqa: E402
 from backend.model.detector import ModelSpec, load_detector  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 from tests import media  # noqa: E402
 from tests.httpserver import LoopbackServer  # noqa: E402
 from tests.services import Backend, untrained_checkpoint  # noqa: E402
@@ -139,10 +139,7 @@ def main() -> None:
             report[f"predict_{count}_overhead_p50"] = round(
                 served["p50_ms"] / bare["p50_ms"] - 1.0, 3)
 
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Label Studio's own Azure import cannot point at a custom endpoint, so it has no 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.labelstudio import LabelStudioAPI, LabelStudioAuth  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 from sync.importer import Importer  # noqa: E402
 from sync.plan import BlobInfo, plan  # noqa: E402
 from sync.sources import AzureBlobSource  # noqa: E402
@@ -91,10 +91,7 @@ def main() -> None:
             ls.stop()
     report["target_seconds"] = 300
     report["total_seconds"] = round(report["plan_seconds"] + report["first_pass"]["seconds"], 1)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
