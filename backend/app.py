@@ -41,10 +41,9 @@ WEBHOOK_ACTIONS = frozenset({
     "TASKS_CREATED", "PROJECT_UPDATED",
 })
 UNAUTHENTICATED_ROUTES = frozenset({"/health"})
-SELF_AUTHENTICATED_ROUTES = frozenset({"/webhook"})  # secret header or Basic auth
+WEBHOOK_ROUTES = frozenset({"/webhook"})  # secret header or Basic auth
 TRAINING_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
                               "START_TRAINING", "PROJECT_UPDATED"})
-
 
 
 def _json_body() -> dict[str, Any]:
@@ -73,6 +72,25 @@ def _credentials_match(settings: Settings) -> bool:
     pass_ok = hmac.compare_digest((auth.password or "").encode(),
                                   settings.basic_auth_pass.encode())
     return user_ok and pass_ok
+
+
+def _webhook_allowed(settings: Settings) -> bool:
+    """The secret header, or Basic auth, or neither when neither is configured."""
+    if settings.webhook_secret:
+        given = request.headers.get(SECRET_HEADER, "")
+        if hmac.compare_digest(given.encode(), settings.webhook_secret.encode()):
+            return True
+    if settings.auth_enabled and _credentials_match(settings):
+        return True
+    return not settings.webhook_secret and not settings.auth_enabled
+
+
+def _unauthorized(message: str, logged: str) -> Response:
+    logger.warning("%s %s -> 401: %s", request.method, request.path, logged)
+    response = jsonify(error=message)
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Basic realm="MLAssist"'
+    return response
 
 
 def _webhook_project(body: dict[str, Any]) -> int | None:
@@ -116,18 +134,18 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
     @app.before_request
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
-        if request.path in SELF_AUTHENTICATED_ROUTES:
-            return None
+        if request.path in WEBHOOK_ROUTES:
+            if _webhook_allowed(settings):
+                return None
+            return _unauthorized(
+                f"webhook refused: send the {SECRET_HEADER} header (WEBHOOK_SECRET) or Basic "
+                "auth", f"missing or wrong {SECRET_HEADER} / Basic auth")
         if settings.auth_enabled and request.path not in UNAUTHENTICATED_ROUTES \
                 and not _credentials_match(settings):
-            response = jsonify(error="authentication required: this backend uses HTTP Basic "
-                                     "auth; set the ML backend's Basic auth user and password "
-                                     "in Label Studio")
-            response.status_code = 401
-            logger.warning("%s %s -> 401: missing or wrong Basic auth credentials",
-                           request.method, request.path)
-            response.headers["WWW-Authenticate"] = 'Basic realm="MLAssist"'
-            return response
+            return _unauthorized(
+                "authentication required: this backend uses HTTP Basic auth; set the ML "
+                "backend's Basic auth user and password in Label Studio",
+                "missing or wrong Basic auth credentials")
         return None
 
     @app.after_request
@@ -237,25 +255,9 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
             job_queue.append(JobQueue(connect(settings.redis_url, fast=True)))
         return job_queue[0]
 
-    def webhook_allowed() -> bool:
-        if settings.webhook_secret:
-            given = request.headers.get(SECRET_HEADER, "")
-            if hmac.compare_digest(given.encode(), settings.webhook_secret.encode()):
-                return True
-        if settings.auth_enabled and _credentials_match(settings):
-            return True
-        return not settings.webhook_secret and not settings.auth_enabled
-
     @app.post("/webhook")
-    def webhook() -> Response | tuple[Response, int]:
+    def webhook() -> Response:
         # Label Studio gives a webhook 1 s and never retries: validate, enqueue, answer.
-        if not webhook_allowed():
-            logger.warning("POST /webhook -> 401: missing or wrong %s / Basic auth",
-                           SECRET_HEADER)
-            refused = jsonify(error=f"webhook refused: send the {SECRET_HEADER} header "
-                                    "(WEBHOOK_SECRET) or Basic auth")
-            refused.headers["WWW-Authenticate"] = 'Basic realm="MLAssist"'
-            return refused, 401
         body = _json_body()
         action = body.get("action")
         if not isinstance(action, str) or not action:

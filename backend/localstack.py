@@ -67,6 +67,20 @@ class Process:
         self._handle.close()
 
 
+def wait_port(port: int, timeout: float, process: Process) -> None:
+    """Wait until something listens on 127.0.0.1:`port`; fail early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.running():
+            raise RuntimeError(f"process exited before listening on {port}: "
+                               f"{process.log.read_text(errors='replace')[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout:g} s")
+
+
 def wait_http(url: str, timeout: float, process: Process | None = None,
               tick: Callable[[float], None] | None = None) -> None:
     """Wait until GET `url` answers 200; fail early, with the log's tail, if `process` dies."""

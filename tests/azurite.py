@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import time
 from pathlib import Path
 
-from backend.localstack import Process, free_port
+from backend.localstack import Process, free_port, wait_port
 
 # Azurite's published development account (not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -36,15 +34,7 @@ class Azurite:
             [binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
              "--location", str(location), "--skipApiVersionCheck", "--loose",
              "--disableTelemetry", "--silent"], os.environ, log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if not self._process.running():
-                raise RuntimeError(f"azurite exited: {log.read_text()[-2000:]}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.2)
-        raise TimeoutError("azurite did not listen within 30 s")
+        wait_port(self.port, 30, self._process)
 
     def stop(self) -> None:
         self._process.stop()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
-import time
 from pathlib import Path
 
-from backend.localstack import Process, free_port
+from backend.localstack import Process, free_port, wait_port
 
 
 def redis_binary() -> str | None:
@@ -29,13 +27,7 @@ class RedisServer:
         self._process = Process([binary, "--port", str(self.port), "--bind", "127.0.0.1",
                                  "--save", "", "--appendonly", "no", "--dir", str(workdir)],
                                 os.environ, workdir / "redis.log")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError("redis-server did not listen within 20 s")
+        wait_port(self.port, 20, self._process)
 
     def stop(self) -> None:
         self._process.stop()

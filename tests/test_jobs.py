@@ -141,7 +141,7 @@ def work(redis: Redis) -> None:
     SimpleWorker(queues, connection=redis).work(burst=True)
 
 
-def test_storm_trains_at_most_twice_and_pushes_back(world: FakeContext,
+def test_storm_trains_once_and_pushes_back(world: FakeContext,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import backend.model.training as training_module
 

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, cast
 
@@ -286,6 +285,3 @@ class JobQueue:
                         entry["reason"] = lines[-1] if lines else "unknown"
                     found[state].append(entry)
         return found
-
-    def iter_pending(self) -> Iterator[str]:
-        yield from (k.decode() for k in self.redis.scan_iter(key("pending", "*")))
