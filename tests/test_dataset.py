@@ -8,11 +8,14 @@ from backend.images import LoadedImage
 from backend.label_config import parse_label_config
 from backend.model.dataset import (
     DatasetReport,
+    Sample,
     chosen_annotation,
     class_names_for,
+    hold_out_at_least,
     is_validation,
     resolve_boxes,
     samples_from_tasks,
+    split_rank,
 )
 from backend.scenes import make_scene
 
@@ -94,3 +97,37 @@ def test_split_is_frozen_and_near_the_fraction() -> None:
     assert 0.18 < sum(first) / len(first) < 0.22
     assert not any(is_validation(task_id, 0.0) for task_id in range(100))
     assert all(is_validation(task_id, 1.0) for task_id in range(100))
+
+
+def _samples(task_ids: range, fraction: float) -> list[Sample]:
+    return [Sample(task_id, "image", f"/t/{task_id}.png", np.zeros((0, 4), np.float32),
+                   np.zeros(0, np.int64), is_validation(task_id, fraction))
+            for task_id in task_ids]
+
+
+def test_a_small_label_set_is_topped_up_to_the_minimum_by_split_rank() -> None:
+    # 30 tasks at 20 %: the hash split holds out too few for some id ranges; find one.
+    ids = next(range(start, start + 30) for start in range(1, 10_000, 30)
+               if sum(is_validation(t, 0.2) for t in range(start, start + 30)) < 5)
+    samples = _samples(ids, 0.2)
+    natural = {s.task_id for s in samples if s.validation}
+    added = hold_out_at_least(samples, 5)
+    held = {s.task_id for s in samples if s.validation}
+    assert len(held) == 5 and added == 5 - len(natural) and natural <= held
+    # The additions are the training tasks nearest the line, not a random pick.
+    rest = sorted((t for t in ids if t not in natural), key=split_rank)
+    assert held - natural == set(rest[:added])
+    assert hold_out_at_least(samples, 5) == 0, "idempotent"
+
+
+def test_the_hash_split_alone_is_kept_when_it_holds_enough() -> None:
+    samples = _samples(range(1, 501), 0.2)
+    before = [s.validation for s in samples]
+    assert hold_out_at_least(samples, 5) == 0
+    assert [s.validation for s in samples] == before
+
+
+def test_at_least_one_task_stays_for_training() -> None:
+    samples = _samples(range(1, 4), 0.0)
+    assert hold_out_at_least(samples, 5) == 2
+    assert sum(not s.validation for s in samples) == 1

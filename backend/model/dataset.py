@@ -39,11 +39,30 @@ def class_names_for(config: LabelConfig) -> list[str]:
     return names
 
 
+def split_rank(task_id: int) -> int:
+    """A task's fixed place in the split order: a hash of its id in [0, VALIDATION_BUCKETS)."""
+    digest = hashlib.sha256(f"mlassist-split:{task_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % VALIDATION_BUCKETS
+
+
 def is_validation(task_id: int, fraction: float) -> bool:
     """Whether a task belongs to the validation split: a pure function of its id, so a task
     never moves between train and validation as labels grow."""
-    digest = hashlib.sha256(f"mlassist-split:{task_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % VALIDATION_BUCKETS < fraction * VALIDATION_BUCKETS
+    return split_rank(task_id) < fraction * VALIDATION_BUCKETS
+
+
+def hold_out_at_least(samples: Sequence[Sample], minimum: int) -> int:
+    """Top the validation split up to `minimum` tasks (keeping one for training): when the
+    hash split of a small label set holds out too few, the training tasks nearest the line
+    (lowest split rank) are held out too, so the rank order, not chance, decides. Once the
+    hash split alone reaches `minimum`, this changes nothing. Returns how many were added."""
+    held = {s.task_id for s in samples if s.validation}
+    training = sorted({s.task_id for s in samples if not s.validation}, key=split_rank)
+    extra = set(training[:max(0, min(minimum - len(held), len(training) - 1))])
+    for sample in samples:
+        if sample.task_id in extra:
+            sample.validation = True
+    return len(extra)
 
 
 def chosen_annotation(task: dict) -> dict | None:

@@ -30,6 +30,7 @@ from backend.model.dataset import (
     DatasetReport,
     ImageCache,
     class_names_for,
+    hold_out_at_least,
     load_samples,
     samples_from_tasks,
 )
@@ -156,6 +157,7 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
                                  settings.validation_fraction, report)
     cache = ImageCache(settings.image_cache_dir, fetcher, settings.max_image_pixels)
     loaded = load_samples(samples, cache, report)
+    hold_out_at_least([sample for sample, _ in loaded], settings.min_validation_images)
     train_items = [item for item in loaded if not item[0].validation]
     val_items = [item for item in loaded if item[0].validation]
     if len(val_items) < settings.min_validation_images or len(train_items) < 1:
