@@ -241,3 +241,12 @@ class LabelStudioAPI:
     def create_webhook(self, **fields: object) -> dict:
         found = self._call("POST", "/api/webhooks", body=fields)
         return found if isinstance(found, dict) else {}
+
+    def local_storages(self, project: int) -> list[dict]:
+        """The project's local-files import storages (they grant /data/local-files/ access)."""
+        found = self._call("GET", "/api/storages/localfiles", params={"project": str(project)})
+        return list(found) if isinstance(found, list) else []
+
+    def create_local_storage(self, **fields: object) -> dict:
+        found = self._call("POST", "/api/storages/localfiles", body=fields)
+        return found if isinstance(found, dict) else {}

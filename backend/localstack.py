@@ -6,6 +6,7 @@ its organization, on the very first start of a data dir (LABEL_STUDIO_FACTS.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -25,9 +26,16 @@ def free_port() -> int:
 
 
 def label_studio_env(data_dir: Path, username: str, password: str, token: str,
-                     base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for `label-studio start` with a preset admin and loopback backends allowed."""
+                     base: Mapping[str, str] | None = None,
+                     files_root: Path | None = None) -> dict[str, str]:
+    """Environment for `label-studio start` with a preset admin and loopback backends allowed;
+    with `files_root`, Label Studio serves files under it at /data/local-files/?d=<relative>
+    (to users of a project with a local-files storage on that folder)."""
+    local_files = {} if files_root is None else {
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root)}
     return {
+        **local_files,
         **(os.environ if base is None else base),
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_USERNAME": username,
@@ -56,15 +64,48 @@ class Process:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, grace: float = 10.0) -> None:
+        """SIGTERM the group; after `grace` s SIGTERM again (an RQ worker's second signal
+        kills its work horse, which runs in a session of its own); SIGKILL what is left of
+        the group and of the process's descendants at `timeout`."""
         if self.running():
+            family = descendants(self.process.pid)
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout)
+                self.process.wait(grace)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+                family |= descendants(self.process.pid)
+                _signal_group(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(max(0.0, timeout - grace))
+                except subprocess.TimeoutExpired:
+                    _signal_group(self.process.pid, signal.SIGKILL)
+                    self.process.wait(10)
+            for pid in family:  # a grandchild in its own session outlives the group
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         self._handle.close()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def descendants(pid: int) -> set[int]:
+    """The pids below `pid` in the process tree (Linux /proc), now."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                pids = {int(child) for child in children.read_text().split()}
+            except OSError:
+                continue
+            pending.extend(pids - found)
+            found |= pids
+    return found
 
 
 def wait_port(port: int, timeout: float, process: Process) -> None:

@@ -6,13 +6,21 @@ is downloaded. A scene is a pure function of its seed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from backend.boxes import to_region
+
 SHAPES = ("circle", "square", "triangle")
+LABEL_CONFIG = ('<View><Image name="image" value="$image"/>'
+                '<RectangleLabels name="label" toName="image">'
+                + "".join(f'<Label value="{shape}"/>' for shape in SHAPES)
+                + "</RectangleLabels></View>")
+SCENE_NAME = re.compile(r"scene-(\d+)\.(?:jpe?g|png)$")
 PALETTE = ((220, 60, 50), (40, 140, 220), (250, 200, 40), (60, 180, 90), (150, 80, 200))
 
 
@@ -74,3 +82,22 @@ def write_scenes(directory: Path, count: int, start_seed: int = 0) -> list[Path]
             make_scene(seed).image.save(path, quality=92)
         paths.append(path)
     return paths
+
+
+def seed_of(name: str) -> int | None:
+    """The seed in a scene's file name or URL (`.../scene-00012.jpg` -> 12), else None."""
+    match = SCENE_NAME.search(name)
+    return int(match.group(1)) if match else None
+
+
+def scene_regions(scene: Scene, from_name: str = "label", to_name: str = "image") -> list[dict]:
+    """The scene's ground truth as a Label Studio annotation result."""
+    width, height = scene.image.size
+    regions = []
+    for box, label in zip(scene.boxes, scene.labels, strict=True):
+        region = to_region(box, score=1.0, label=label, width=width, height=height,
+                           from_name=from_name, to_name=to_name)
+        if region is not None:
+            region.pop("score")
+            regions.append(region)
+    return regions

@@ -5,26 +5,10 @@ from __future__ import annotations
 import base64
 import io
 
-from backend.boxes import to_region
-from backend.scenes import SHAPES, Scene, make_scene
+from backend.scenes import LABEL_CONFIG, Scene, make_scene, scene_regions
 
-CONFIG = ('<View><Image name="image" value="$image"/>'
-          '<RectangleLabels name="label" toName="image">'
-          + "".join(f'<Label value="{shape}"/>' for shape in SHAPES)
-          + "</RectangleLabels></View>")
-
-
-def regions_of(scene: Scene) -> list[dict]:
-    """The scene's ground truth as a Label Studio annotation result."""
-    width, height = scene.image.size
-    regions = []
-    for box, label in zip(scene.boxes, scene.labels, strict=True):
-        region = to_region(box, score=1.0, label=label, width=width, height=height,
-                           from_name="label", to_name="image")
-        if region is not None:
-            region.pop("score")
-            regions.append(region)
-    return regions
+CONFIG = LABEL_CONFIG
+regions_of = scene_regions
 
 
 def data_uri(scene: Scene) -> str:
