@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--queues", default="training,prelabel,housekeeping",
                         help="comma list; GPU machines: training; others: prelabel,housekeeping")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    health = commands.add_parser("healthcheck",
+                                 help="exit 0 when this container's worker or sync is alive")
+    health.add_argument("what", choices=("worker", "sync"))
     reconcile = commands.add_parser("reconcile",
                                     help="queue whatever training or push-back is due now")
     reconcile.add_argument("--project", type=int, action="append",
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     connect_.add_argument("--project", type=int, required=True)
     connect_.add_argument("--labels", help="comma list of box labels: sets the label config")
     sync = commands.add_parser("sync", help="import blobs from Azure Blob Storage as tasks")
-    sync.add_argument("--project", type=int, required=True)
+    sync.add_argument("--project", type=int, help="the project (default: SYNC_PROJECT)")
     sync.add_argument("--watch", action="store_true",
                       help="keep syncing every SYNC_INTERVAL seconds until stopped")
     args = parser.parse_args(argv)
@@ -126,12 +129,19 @@ def main(argv: list[str] | None = None) -> int:
             from backend.commands import status_command
 
             status_command(settings, args.project)
+        elif args.command == "healthcheck":
+            from backend.commands import healthcheck_command
+
+            return healthcheck_command(settings, args.what)
         elif args.command == "sync":
             import json
 
             from sync.service import run_sync
 
-            print(json.dumps(run_sync(settings, args.project, args.watch)))  # noqa: T201
+            project = args.project or settings.sync_project
+            if not project:
+                parser.error("sync needs --project or SYNC_PROJECT")
+            print(json.dumps(run_sync(settings, project, args.watch)))  # noqa: T201
         elif args.command == "connect":
             from backend.commands import connect_command
 

@@ -122,3 +122,48 @@ def connect_command(settings: Settings, project: int, labels: str | None) -> Non
     for change in connect_project(settings, LabelStudioAPI(auth), project,
                                   [x.strip() for x in labels.split(",")] if labels else None):
         _out(change)
+
+
+WORKER_HEARTBEAT_MAX_AGE = 120.0  # rq beats every few seconds while idle and during jobs
+
+
+def healthcheck_command(settings: Settings, what: str) -> int:
+    """A container health check: 0 when this host's worker beats in Redis, or when the sync
+    touched SYNC_HEARTBEAT_FILE within three intervals (at least 5 minutes)."""
+    import os
+    import socket
+    from datetime import UTC, datetime
+
+    if what == "sync":
+        if not settings.sync_heartbeat_file:
+            _out("SYNC_HEARTBEAT_FILE is not set")
+            return 1
+        try:
+            age = time.time() - os.stat(settings.sync_heartbeat_file).st_mtime
+        except OSError:
+            _out("the sync has not started a pass yet")
+            return 1
+        limit = max(3 * settings.sync_interval, 300)
+        _out(f"last sync heartbeat {age:.0f} s ago (limit {limit} s)")
+        return 0 if age <= limit else 1
+    from redis.exceptions import RedisError
+    from rq import Worker
+
+    from backend.jobs.queues import connect
+
+    host = socket.gethostname()
+    now = datetime.now(UTC)
+    try:
+        workers = Worker.all(connection=connect(settings.redis_url))
+    except RedisError as exc:
+        _out(f"Redis is unreachable ({type(exc).__name__})")
+        return 1
+    for worker in workers:
+        beat = worker.last_heartbeat
+        if worker.hostname == host and beat is not None:
+            age = (now - beat.replace(tzinfo=beat.tzinfo or UTC)).total_seconds()
+            if age <= WORKER_HEARTBEAT_MAX_AGE:
+                _out(f"worker {worker.name}: heartbeat {age:.0f} s ago")
+                return 0
+    _out(f"no worker on {host} beat in the last {WORKER_HEARTBEAT_MAX_AGE:.0f} s")
+    return 1

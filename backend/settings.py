@@ -253,6 +253,12 @@ class Settings:
     pushback_batch: int = setting(
         "PUSHBACK_BATCH", _positive_int, "64",
         "Tasks per pre-annotation batch (one bulk import into Label Studio per batch).")
+    sync_project: int = setting(
+        "SYNC_PROJECT", _non_negative_int, "0",
+        "Project `mlassist sync` imports into when `--project` is not given (containers).")
+    sync_heartbeat_file: str = setting(
+        "SYNC_HEARTBEAT_FILE", _text, "",
+        "File `mlassist sync --watch` touches while it works (`mlassist healthcheck sync`).")
     sync_container: str = setting(
         "SYNC_CONTAINER", _text, "",
         "Azure Blob container `mlassist sync` imports from (with AZURE_STORAGE_CONNECTION_STRING).")

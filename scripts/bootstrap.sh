@@ -80,5 +80,18 @@ if [ ! -f "$AZURITE_DIR/.complete" ]; then
     fi
 fi
 
+# A compose CLI validates docker/compose.yaml in the tests (no Docker engine is needed).
+if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing Debian's docker-compose (validates docker/compose.yaml; seconds)"
+        { apt-get install -y -q --no-install-recommends docker-compose \
+            || { apt-get update -q && apt-get install -y -q --no-install-recommends docker-compose; }
+        } >"$CACHE/apt-last.log" 2>&1 \
+            || say "docker-compose did not install (see $CACHE/apt-last.log); the compose test will fail"
+    else
+        say "docker-compose not found: install it (apt-get install docker-compose) for the compose test"
+    fi
+fi
+
 printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\nMLASSIST_AZURITE=%q\n' \
     "$VENV" "$LS_VENV" "$AZURITE_DIR/node_modules/.bin/azurite-blob"

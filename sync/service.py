@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
@@ -67,7 +68,13 @@ def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:
     known = importer.load_state()
     logger.info("project %s: %d blobs already imported", project, known)
     last: dict[str, Any] = {}
+
+    def beat() -> None:
+        if settings.sync_heartbeat_file:
+            Path(settings.sync_heartbeat_file).touch()
+
     while True:
+        beat()
         bar = tqdm(desc=f"project {project} import", unit="task", disable=None,
                    file=sys.stderr)
 
@@ -75,10 +82,12 @@ def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:
             bar.total = total
             bar.n = done
             bar.refresh()
+            beat()
 
         report = importer.run_pass(stop.is_set, progress)
         bar.close()
         last = report.to_dict()
+        beat()
         logger.info("project %s: listed %d, imported %d, updated %d, flagged missing %d, "
                     "back %d, re-signed %d, skipped %d in %.1f s", project, report.listed,
                     report.imported, report.updated, report.flagged_missing, report.returned,
