@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from backend.errors import MLAssistError
@@ -74,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--queues", default="training,prelabel,housekeeping",
                         help="comma list; GPU machines: training; others: prelabel,housekeeping")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    export = commands.add_parser("export-coco", help="write a project's boxes as a COCO file")
+    export.add_argument("--project", type=int, required=True)
+    export.add_argument("-o", "--output", type=Path, required=True, help="the .json to write")
+    export.add_argument("--images-dir", type=Path, help="also download the images here")
+    import_ = commands.add_parser("import-coco", help="bring a COCO dataset in as tasks")
+    import_.add_argument("file", type=Path)
+    import_.add_argument("--images", required=True,
+                         help="folder of the images (uploaded), or URL prefix of file_name "
+                              "(http(s)://... or /data/local-files/?d=...)")
+    import_.add_argument("--project", type=int, required=True)
+    import_.add_argument("--as", dest="as_what", choices=("annotations", "predictions"),
+                         help="also import the boxes, as ground truth or as pre-labels")
     health = commands.add_parser("healthcheck",
                                  help="exit 0 when this container's worker or sync is alive")
     health.add_argument("what", choices=("worker", "sync"))
@@ -129,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             from backend.commands import status_command
 
             status_command(settings, args.project)
+        elif args.command == "export-coco":
+            from backend.commands import export_coco_command
+
+            export_coco_command(settings, args.project, args.output, args.images_dir)
+        elif args.command == "import-coco":
+            from backend.commands import import_coco_command
+
+            import_coco_command(settings, args.project, args.file, args.images, args.as_what)
         elif args.command == "healthcheck":
             from backend.commands import healthcheck_command
 

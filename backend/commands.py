@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from backend.errors import MLAssistError
@@ -18,6 +19,34 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def _fetcher(settings: Settings) -> ImageFetcher:
+    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
+    return ImageFetcher(auth, settings.allowed_image_hosts, max_bytes=settings.max_image_bytes,
+                        max_pixels=settings.max_image_pixels,
+                        timeout=settings.image_fetch_timeout)
+
+
+def export_coco_command(settings: Settings, project: int, out: Path,
+                        images_dir: Path | None) -> None:
+    """Write the project's labeled boxes as COCO; print what was written as JSON."""
+    from backend.coco import export_coco
+
+    fetcher = _fetcher(settings)
+    report = export_coco(LabelStudioAPI(fetcher.auth), fetcher, project, out, images_dir)
+    _out(json.dumps({"output": str(out), **report.to_dict()}))
+
+
+def import_coco_command(settings: Settings, project: int, path: Path, images: str,
+                        as_what: str | None) -> None:
+    """Create tasks from a COCO file (idempotent); print what was done as JSON."""
+    from backend.coco import import_coco, read_coco
+
+    api = LabelStudioAPI(LabelStudioAuth(settings.label_studio_url,
+                                         settings.label_studio_api_key))
+    report = import_coco(api, project, read_coco(path), images, as_what)
+    _out(json.dumps(report.to_dict()))
+
+
 def train_command(settings: Settings, project: int, steps: int | None) -> None:
     """Run one training round in the foreground with a progress bar; print the outcome."""
     from tqdm import tqdm
@@ -25,11 +54,8 @@ def train_command(settings: Settings, project: int, steps: int | None) -> None:
     from backend.model.detector import resolve_device
     from backend.model.training import train_round
 
-    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
-    fetcher = ImageFetcher(auth, settings.allowed_image_hosts,
-                           max_bytes=settings.max_image_bytes,
-                           max_pixels=settings.max_image_pixels,
-                           timeout=settings.image_fetch_timeout)
+    fetcher = _fetcher(settings)
+    auth = fetcher.auth
     bar: tqdm | None = None
 
     def progress(step: int, total: int, loss: float) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
@@ -168,12 +169,19 @@ class LabelStudioAPI:
         """Up to `limit` tasks with id > after_id, in id order, data only."""
         return self._task_walk(project, after_id, limit, unlabeled_only=False, full=False)
 
+    def labeled_task_page(self, project: int, after_id: int, limit: int) -> list[dict]:
+        """Up to `limit` labeled tasks with id > after_id, in id order, with annotations and
+        predictions (keyset paging, for reading projects of any size)."""
+        return self._task_walk(project, after_id, limit, unlabeled_only=False, full=True,
+                               labeled_only=True)
+
     def _task_walk(self, project: int, after_id: int, limit: int, unlabeled_only: bool,
-                   full: bool) -> list[dict]:
+                   full: bool, labeled_only: bool = False) -> list[dict]:
         items: list[dict] = [{"filter": "filter:tasks:id", "operator": "greater",
                               "type": "Number", "value": after_id}]
-        if unlabeled_only:
-            items.append({"filter": "filter:tasks:total_annotations", "operator": "equal",
+        if unlabeled_only or labeled_only:
+            items.append({"filter": "filter:tasks:total_annotations",
+                          "operator": "equal" if unlabeled_only else "greater",
                           "type": "Number", "value": 0})
         query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
         params = {"project": str(project), "page": "1", "page_size": str(limit),
@@ -241,6 +249,35 @@ class LabelStudioAPI:
     def create_webhook(self, **fields: object) -> dict:
         found = self._call("POST", "/api/webhooks", body=fields)
         return found if isinstance(found, dict) else {}
+
+    def users(self) -> list[dict]:
+        """The organization's users (id, email, username)."""
+        found = self._call("GET", "/api/users")
+        return [u for u in found if isinstance(u, dict)] if isinstance(found, list) else []
+
+    def upload_files(self, project: int, paths: list[Path]) -> list[str]:
+        """Upload files into the project without creating tasks; their `/data/upload/...` URLs
+        in the same order (for tasks that are imported as JSON afterwards)."""
+        form = [(f"file{i}", (path.name, path.read_bytes())) for i, path in enumerate(paths)]
+        url = f"{self.auth.base_url}/api/projects/{project}/import"
+        try:
+            response = self._session.post(url, params={"commit_to_project": "false"},
+                                          files=form, headers=self.auth.headers(),
+                                          timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise LabelStudioError(f"Label Studio at {self.auth.base_url} is unreachable "
+                                   f"({type(exc).__name__}); is it running?") from None
+        if response.status_code not in (200, 201):
+            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} on "
+                                   f"an upload{_validation_errors(response)}")
+        ids = response.json().get("file_upload_ids") or []
+        found = self._call("GET", f"/api/projects/{project}/file-uploads",
+                           params={"ids": json.dumps(ids)})
+        names = {u.get("id"): u.get("file") for u in found or [] if isinstance(u, dict)} \
+            if isinstance(found, list) else {}
+        if len(ids) != len(paths) or not all(names.get(i) for i in ids):
+            raise LabelStudioError(f"Label Studio stored {len(ids)} of {len(paths)} uploads")
+        return [f"/data/{names[i]}" for i in ids]
 
     def local_storages(self, project: int) -> list[dict]:
         """The project's local-files import storages (they grant /data/local-files/ access)."""

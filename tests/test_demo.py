@@ -112,3 +112,35 @@ def test_up_labels_prelabels_stops_and_restarts(tmp_path: Path) -> None:
         interrupt(up, list(ports.values()))
     finally:
         up.stop()
+
+
+def _demo_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_azure_variables_switch_the_demo_from_its_folder_to_the_container(
+        tmp_path: Path) -> None:
+    from backend.settings import Settings
+    from tests.azurite import ACCOUNT, KEY
+
+    demo = _demo_module()
+    local = demo.Demo({"MLASSIST_HOME": str(tmp_path)}).backend_env()
+    assert local["SYNC_LOCAL_DIR"] == str(tmp_path / "demo-images")
+    assert local["SYNC_LOCAL_URL_PREFIX"] == "/data/local-files/?d=demo-images/"
+    connection = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+                  f"BlobEndpoint=http://10.1.2.3:10000/{ACCOUNT};")
+    azure = demo.Demo({"MLASSIST_HOME": str(tmp_path), "SYNC_CONTAINER": "images",
+                       "AZURE_STORAGE_CONNECTION_STRING": connection})
+    assert azure.azure()
+    env = azure.backend_env()
+    assert "SYNC_LOCAL_DIR" not in env and env["SYNC_CONTAINER"] == "images"
+    assert demo.blob_host(Settings.from_env(env)) == "10.1.2.3", \
+        "the backend is allowed to fetch from the container's host"
+    assert not demo.Demo({"MLASSIST_HOME": str(tmp_path), "SYNC_CONTAINER": "x"}).azure(), \
+        "a container without credentials is not a switch"
