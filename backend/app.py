@@ -42,6 +42,7 @@ WEBHOOK_ACTIONS = frozenset({
 })
 UNAUTHENTICATED_ROUTES = frozenset({"/health"})
 WEBHOOK_ROUTES = frozenset({"/webhook"})  # secret header or Basic auth
+ASSIGN_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "TASKS_CREATED"})
 TRAINING_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
                               "START_TRAINING", "PROJECT_UPDATED"})
 
@@ -273,6 +274,8 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
         try:
             jobs_ = queue()
             jobs_.remember_project(project)
+            if action in ASSIGN_ACTIONS:
+                jobs_.request_assign(project)  # only where `mlassist assign` set a split
             if action in TRAINING_ACTIONS:
                 job = jobs_.request_training(project, forced=action == "START_TRAINING")
                 answer["queued"] = job or "collapsed into the pending job"

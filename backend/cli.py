@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     import_.add_argument("--project", type=int, required=True)
     import_.add_argument("--as", dest="as_what", choices=("annotations", "predictions"),
                          help="also import the boxes, as ground truth or as pre-labels")
+    assign = commands.add_parser("assign", help="give each labeler a batch of tasks (a view)")
+    assign.add_argument("--project", type=int, required=True)
+    assign.add_argument("--labelers", help="comma list of Label Studio user emails")
+    assign.add_argument("--batch", type=int, default=75, help="open tasks per labeler (75)")
+    assign.add_argument("--overlap", type=int, default=1,
+                        help="labelers per task (default 1: no task in two views)")
+    assign.add_argument("--stop", action="store_true", help="stop topping the batches up")
     health = commands.add_parser("healthcheck",
                                  help="exit 0 when this container's worker or sync is alive")
     health.add_argument("what", choices=("worker", "sync"))
@@ -150,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
             from backend.commands import import_coco_command
 
             import_coco_command(settings, args.project, args.file, args.images, args.as_what)
+        elif args.command == "assign":
+            from backend.commands import assign_command
+
+            if not args.stop and not args.labelers:
+                parser.error("assign needs --labelers (or --stop)")
+            labelers = [e.strip() for e in (args.labelers or "").split(",") if e.strip()]
+            assign_command(settings, args.project, labelers, args.batch, args.overlap,
+                           args.stop)
         elif args.command == "healthcheck":
             from backend.commands import healthcheck_command
 

@@ -47,6 +47,34 @@ def import_coco_command(settings: Settings, project: int, path: Path, images: st
     _out(json.dumps(report.to_dict()))
 
 
+def assign_command(settings: Settings, project: int, labelers: list[str], batch: int,
+                   overlap: int, stop: bool) -> None:
+    """Set (or stop) a project's workload split and top the batches up now."""
+    from redis.exceptions import RedisError
+
+    from backend.assign import top_up
+    from backend.jobs.queues import JobQueue, ProjectLock, connect
+
+    redis = connect(settings.redis_url)
+    queue = JobQueue(redis)
+    try:
+        if stop:
+            queue.set_assignment(project, None)
+            _out(json.dumps({"project": project, "status": "batches are no longer topped up"}))
+            return
+        api = LabelStudioAPI(LabelStudioAuth(settings.label_studio_url,
+                                             settings.label_studio_api_key))
+        with ProjectLock(redis, f"assign:{project}", wait=120, ttl=settings.job_lock_ttl):
+            report = top_up(api, project, labelers, batch, overlap)
+        queue.set_assignment(project, {"labelers": labelers, "batch": batch,
+                                       "overlap": overlap})
+        queue.remember_project(project)
+    except RedisError as exc:
+        raise MLAssistError(f"Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
+                            "workers top the batches up through it") from None
+    _out(json.dumps({"project": project, **report}))
+
+
 def train_command(settings: Settings, project: int, steps: int | None) -> None:
     """Run one training round in the foreground with a progress bar; print the outcome."""
     from tqdm import tqdm

@@ -279,6 +279,20 @@ class LabelStudioAPI:
             raise LabelStudioError(f"Label Studio stored {len(ids)} of {len(paths)} uploads")
         return [f"/data/{names[i]}" for i in ids]
 
+    def views(self, project: int) -> list[dict]:
+        """The project's Data Manager views (tabs)."""
+        found = self._call("GET", "/api/dm/views", params={"project": str(project)})
+        return [v for v in found if isinstance(v, dict)] if isinstance(found, list) else []
+
+    def create_view(self, project: int, data: dict) -> dict:
+        found = self._call("POST", "/api/dm/views", body={"project": project, "data": data})
+        return found if isinstance(found, dict) else {}
+
+    def update_view(self, view: int, project: int, data: dict) -> dict:
+        found = self._call("PUT", f"/api/dm/views/{view}",
+                           body={"project": project, "data": data})
+        return found if isinstance(found, dict) else {}
+
     def local_storages(self, project: int) -> list[dict]:
         """The project's local-files import storages (they grant /data/local-files/ access)."""
         found = self._call("GET", "/api/storages/localfiles", params={"project": str(project)})

@@ -223,6 +223,25 @@ class JobQueue:
             retry=TRANSIENT_RETRY, description=f"new tasks project {project}")
         return str(job.id)
 
+    def set_assignment(self, project: int, config: dict[str, Any] | None) -> None:
+        """Remember (or, with None, forget) a project's workload split for the top-ups."""
+        if config is None:
+            self.redis.delete(key("assign", project))
+        else:
+            self.redis.set(key("assign", project), json.dumps(config))
+
+    def assignment(self, project: int) -> dict[str, Any] | None:
+        raw = self._get(key("assign", project))
+        return dict(json.loads(raw)) if raw else None
+
+    def request_assign(self, project: int) -> str | None:
+        """Queue a top-up of the project's labeler batches, if it has a split (single flight)."""
+        if not self.redis.exists(key("assign", project)):
+            return None
+        return self._enqueue_once("assign", project, HOUSEKEEPING_QUEUE,
+                                  "backend.jobs.tasks.top_up_assignments", (project,),
+                                  RECONCILE_TIMEOUT_S)
+
     def request_reconcile(self, interval: int) -> str | None:
         """Queue one reconciliation pass per interval, whichever worker asks first."""
         if not self.redis.set(key("reconcile-tick"), 1, nx=True, ex=max(1, interval)):

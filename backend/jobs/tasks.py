@@ -16,8 +16,10 @@ from backend.errors import NotEnoughLabels
 from backend.images import ImageFetcher
 from backend.jobs.policy import training_due
 from backend.jobs.queues import (
+    HOUSEKEEPING_QUEUE,
     PREDICT_QUEUE,
     PREDICT_TIMEOUT_S,
+    RECONCILE_TIMEOUT_S,
     TRAIN_TIMEOUT_S,
     TRAINING_QUEUE,
     JobQueue,
@@ -254,13 +256,36 @@ def predict_new_tasks(project: int, task_ids: list[int],
     return {"status": "done", "version": version, "imported": imported, "failed": failed}
 
 
+def top_up_assignments(project: int, context: Context | None = None) -> dict[str, Any]:
+    """Refill each labeler's batch (`mlassist assign`) after labels or new tasks."""
+    from backend.assign import top_up
+
+    ctx = context or Context(Settings.from_env())
+    config = ctx.queue.assignment(project)
+    if config is None:
+        ctx.queue.release_pending("assign", project, _job_id())
+        return {"status": "no workload split for this project"}
+    lock = _acquire(ctx, "assign", project, f"assign:{project}",
+                    "backend.jobs.tasks.top_up_assignments", HOUSEKEEPING_QUEUE,
+                    RECONCILE_TIMEOUT_S)
+    if lock is None:
+        return {"status": "deferred: another top-up is running"}
+    try:  # _acquire entered the lock
+        return top_up(ctx.api, project, config["labelers"], int(config["batch"]),
+                      int(config.get("overlap", 1)))
+    finally:
+        lock.__exit__()
+
+
 def reconcile(context: Context | None = None) -> dict[str, Any]:
     """Queue what is due for every known project: a lost webhook delays, never loses, work."""
     ctx = context or Context(Settings.from_env())
-    queued: dict[str, list[int]] = {"training": [], "pushback": []}
+    queued: dict[str, list[int]] = {"training": [], "pushback": [], "assign": []}
     for project in ctx.queue.projects():
         if ctx.queue.request_training(project):
             queued["training"].append(project)
+        if ctx.queue.request_assign(project):
+            queued["assign"].append(project)
         champion = ctx.registry.champion(project)
         if champion is None:
             continue

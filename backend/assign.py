@@ -1,0 +1,160 @@
+"""Workload split: each labeler gets a batch of unlabeled tasks as a Data Manager view.
+
+Label Studio's open-source edition has no task assignment, so MLAssist keeps it in the task:
+`data.mlassist_assignees` holds the labelers' emails as `,a@x,b@y,`. Each labeler has a view
+(a Data Manager tab named `mlassist: <email>`) that shows the tasks assigned to them which they
+have not annotated and which still need a label. Topping up (after `mlassist assign`, and on
+every annotation or new task, by a worker) assigns more tasks, in id order, to whoever has fewer
+than `batch` open ones: a task goes to one labeler, or to `overlap` labelers when asked. A
+labeler dropped from the list gives back the open tasks they held.
+
+`plan` is a pure function of the tasks' state, tested without Label Studio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from backend.errors import MLAssistError
+from backend.labelstudio import LabelStudioAPI
+
+logger = logging.getLogger(__name__)
+
+FIELD = "mlassist_assignees"
+VIEW_PREFIX = "mlassist: "
+
+
+class AssignError(MLAssistError):
+    """An assignment that cannot be made; the message says why."""
+
+
+@dataclass(frozen=True)
+class TaskState:
+    id: int
+    assignees: frozenset[str]
+    annotators: frozenset[int]  # user ids who annotated (or skipped) it
+    annotations: int
+
+
+@dataclass
+class Plan:
+    changes: dict[int, frozenset[str]] = field(default_factory=dict)
+    open_tasks: dict[str, int] = field(default_factory=dict)  # after the plan
+
+
+def encode(assignees: Iterable[str]) -> str:
+    names = sorted(set(assignees))
+    return f",{','.join(names)}," if names else ""
+
+
+def decode(value: object) -> frozenset[str]:
+    return frozenset(n for n in value.split(",") if n) if isinstance(value, str) else frozenset()
+
+
+def plan(tasks: list[TaskState], labelers: dict[str, int], batch: int, overlap: int = 1) -> Plan:
+    """Which tasks get which labelers, so each holds `batch` open tasks where there are enough.
+
+    A task is open for a labeler when it is assigned to them, they have not annotated it, and it
+    has fewer than `overlap` annotations. Tasks are handed out in id order, each to the labeler
+    holding the fewest open tasks (ties: the order given), never twice to the same labeler.
+    """
+    result = Plan()
+    state = {t.id: set(t.assignees) for t in tasks}
+
+    def still_needed(task: TaskState) -> bool:
+        return task.annotations < overlap
+
+    for task in tasks:  # release what labelers no longer on the list held open
+        gone = {name for name in task.assignees if name not in labelers}
+        if gone and still_needed(task):
+            state[task.id] -= gone
+    open_count = {name: 0 for name in labelers}
+    for task in tasks:
+        if still_needed(task):
+            for name in state[task.id]:
+                if name in labelers and labelers[name] not in task.annotators:
+                    open_count[name] += 1
+    order = list(labelers)
+    for task in sorted(tasks, key=lambda t: t.id):
+        if not still_needed(task):
+            continue
+        while len(state[task.id]) < overlap:
+            wanting = [name for name in order if open_count[name] < batch
+                       and name not in state[task.id]
+                       and labelers[name] not in task.annotators]
+            if not wanting:
+                break
+            chosen = min(wanting, key=lambda name: open_count[name])
+            state[task.id].add(chosen)
+            open_count[chosen] += 1
+        if all(count >= batch for count in open_count.values()):
+            break
+    for task in tasks:
+        if frozenset(state[task.id]) != task.assignees:
+            result.changes[task.id] = frozenset(state[task.id])
+    result.open_tasks = open_count
+    return result
+
+
+def _task_states(api: LabelStudioAPI, project: int) -> Iterator[tuple[TaskState, dict]]:
+    after = 0
+    while page := api.task_page(project, after, 1000):
+        for task in page:
+            data = task.get("data") or {}
+            yield TaskState(int(task["id"]), decode(data.get(FIELD)),
+                            frozenset(int(a) for a in task.get("annotators") or []
+                                      if isinstance(a, int)),
+                            int(task.get("total_annotations") or 0)
+                            + int(task.get("cancelled_annotations") or 0)), data
+        after = int(page[-1]["id"])
+
+
+def view_filters(email: str, user_id: int, overlap: int) -> dict[str, Any]:
+    """The Data Manager filter of a labeler's view: theirs, not annotated by them, still open."""
+    return {"conjunction": "and", "items": [
+        {"filter": f"filter:tasks:data.{FIELD}", "operator": "contains", "type": "String",
+         "value": f",{email},"},
+        {"filter": "filter:tasks:annotators", "operator": "not_contains", "type": "List",
+         "value": user_id},
+        {"filter": "filter:tasks:total_annotations", "operator": "less", "type": "Number",
+         "value": overlap}]}
+
+
+def top_up(api: LabelStudioAPI, project: int, emails: list[str], batch: int,
+           overlap: int = 1) -> dict[str, Any]:
+    """Apply the plan to Label Studio and make sure every labeler has their view."""
+    if batch < 1 or overlap < 1:
+        raise AssignError("--batch and --overlap must be at least 1")
+    if overlap > len(emails):
+        raise AssignError(f"overlap {overlap} needs at least {overlap} labelers")
+    users = {str(u.get("email", "")).lower(): int(u["id"]) for u in api.users()
+             if isinstance(u.get("id"), int)}
+    missing = [e for e in emails if e.lower() not in users]
+    if missing:
+        raise AssignError(f"no Label Studio user for {missing}; invite them first "
+                          "(Organization > Add people), then assign")
+    labelers = {e: users[e.lower()] for e in emails}
+    walked = list(_task_states(api, project))
+    result = plan([task for task, _ in walked], labelers, batch, overlap)
+    data = {task.id: task_data for task, task_data in walked}
+    for task_id, assignees in result.changes.items():
+        api.update_task(task_id, data={**data[task_id], FIELD: encode(assignees)})
+    views = {v.get("data", {}).get("title"): v for v in api.views(project)}
+    for email, user_id in labelers.items():
+        title = f"{VIEW_PREFIX}{email}"
+        wanted = {"title": title, "filters": view_filters(email, user_id, overlap),
+                  "ordering": ["tasks:id"]}
+        found = views.get(title)
+        if found is None:
+            api.create_view(project, wanted)
+        elif json.dumps(found.get("data", {}).get("filters"), sort_keys=True) != \
+                json.dumps(wanted["filters"], sort_keys=True):
+            api.update_view(int(found["id"]), project, {**found.get("data", {}), **wanted})
+    logger.info("project %s: assignments changed on %d tasks; open per labeler %s", project,
+                len(result.changes), result.open_tasks)
+    return {"changed_tasks": len(result.changes), "open": result.open_tasks,
+            "batch": batch, "overlap": overlap}
