@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from backend.champions import ChampionServing, project_id
 from backend.connect import SECRET_HEADER
+from backend.dashboard import StatsCache
 from backend.errors import BadRequest, MLAssistError
 from backend.images import ImageFetcher
 from backend.jobs.queues import JobQueue, connect
@@ -300,6 +301,38 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
 
         api = LabelStudioAPI(fetcher.auth)
         return jsonify(project_status(project, settings, api, registry, queue()))
+
+    stats_cache = StatsCache()
+
+    @app.get("/dashboard")
+    def dashboard() -> str:
+        from flask import render_template
+
+        from backend.dashboard import CACHE_S, learning_curve_svg
+        from backend.jobs.status import project_status
+
+        api = LabelStudioAPI(fetcher.auth)
+        ls_url = settings.label_studio_url.rstrip("/")
+        raw = request.args.get("project")
+        if raw is None:
+            return render_template("dashboard.html", project=None, ls_url=ls_url,
+                                   projects=api.projects())
+        project = project_id(raw)
+        if project is None:
+            raise BadRequest("give the project as a number: /dashboard?project=ID")
+        assignment, jobs_error = None, None
+        try:
+            status = project_status(project, settings, api, registry, queue())
+            assignment = queue().assignment(project)
+        except RedisError as exc:
+            jobs_error = f"job queue unavailable ({type(exc).__name__}): jobs not shown"
+            status = project_status(project, settings, api, registry, None)
+        stats = stats_cache.get(api, project, assignment["labelers"] if assignment else None)
+        versions = registry.versions(project)
+        return render_template("dashboard.html", project=project, ls_url=ls_url,
+                               status=status, stats=stats, versions=versions,
+                               assignment=assignment, jobs_error=jobs_error,
+                               curve=learning_curve_svg(versions), cache_s=int(CACHE_S))
 
     @app.get("/metrics")
     def prometheus() -> Response:

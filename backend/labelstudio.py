@@ -250,6 +250,12 @@ class LabelStudioAPI:
         found = self._call("POST", "/api/webhooks", body=fields)
         return found if isinstance(found, dict) else {}
 
+    def projects(self) -> list[dict]:
+        """The projects the API key can see (id, title, counts)."""
+        found = self._call("GET", "/api/projects", params={"page_size": "1000"})
+        items = found.get("results") if isinstance(found, dict) else found
+        return [p for p in items if isinstance(p, dict)] if isinstance(items, list) else []
+
     def users(self) -> list[dict]:
         """The organization's users (id, email, username)."""
         found = self._call("GET", "/api/users")

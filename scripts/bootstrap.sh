@@ -80,18 +80,21 @@ if [ ! -f "$AZURITE_DIR/.complete" ]; then
     fi
 fi
 
-# A compose CLI validates docker/compose.yaml in the tests (no Docker engine is needed).
-if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
+# Debian packages some tests need, installed when we run as root (else: say how).
+apt_install() {  # package, why
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's docker-compose (validates docker/compose.yaml; seconds)"
-        { apt-get install -y -q --no-install-recommends docker-compose \
-            || { apt-get update -q && apt-get install -y -q --no-install-recommends docker-compose; }
-        } >"$CACHE/apt-last.log" 2>&1 \
-            || say "docker-compose did not install (see $CACHE/apt-last.log); the compose test will fail"
+        say "installing Debian's $1 ($2)"
+        { apt-get install -y -q --no-install-recommends "$1" \
+            || { apt-get update -q && apt-get install -y -q --no-install-recommends "$1"; }
+        } >"$CACHE/apt-$1.log" 2>&1 || say "$1 did not install (see $CACHE/apt-$1.log)"
     else
-        say "docker-compose not found: install it (apt-get install docker-compose) for the compose test"
+        say "$1 not found: install it (apt-get install $1): $2"
     fi
-fi
+}
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+    || apt_install chromium "the dashboard test renders the page in it"
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
+    || apt_install docker-compose "validates docker/compose.yaml; no Docker engine needed"
 
 printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\nMLASSIST_AZURITE=%q\n' \
     "$VENV" "$LS_VENV" "$AZURITE_DIR/node_modules/.bin/azurite-blob"

@@ -22,13 +22,13 @@ def _brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def project_status(project: int, settings: Settings, api: LabelStudioAPI, registry: Registry,
-                   jobs: JobQueue) -> dict[str, Any]:
-    """What `GET /status?project=ID` and `mlassist status` show."""
+                   jobs: JobQueue | None) -> dict[str, Any]:
+    """What `GET /status?project=ID` and `mlassist status` show (without jobs: no Redis)."""
     info = api.project(project)
     champion = registry.champion(project)
     versions = registry.versions(project)
     latest = versions[-1] if versions else None
-    last_trained = jobs.last_trained(project)
+    last_trained = jobs.last_trained(project) if jobs is not None else None
     prelabeled = None
     if champion is not None:
         prelabeled = api.count_tasks_with_prediction(project, str(champion["version"]))
@@ -42,10 +42,11 @@ def project_status(project: int, settings: Settings, api: LabelStudioAPI, regist
         "latest_candidate": _brief(latest) if latest is not None and (
             champion is None or latest["version"] != champion["version"]) else None,
         "tasks_with_champion_prelabels": prelabeled,
-        "pushback_done_for": jobs.pushback_done(project),
+        "pushback_done_for": jobs.pushback_done(project) if jobs is not None else None,
         "last_trained_at_labeled": last_trained,
         "next_training_at_labeled": next_training_at(
             last_trained, settings.train_min_labeled, settings.train_every,
             settings.train_growth),
-        "jobs": jobs.jobs(project),
+        "jobs": jobs.jobs(project) if jobs is not None else
+        {"queued": [], "running": [], "failed": []},
     }

@@ -1,0 +1,174 @@
+"""The numbers behind `/dashboard`: what the labelers did with the pre-labels, per project.
+
+One keyset-paged walk over the project's tasks (data and counts) and one over its labeled
+tasks (annotations and predictions) give: tasks labeled from scratch or from a pre-label,
+tasks left with or without one; pre-label boxes accepted unchanged, edited, rejected (shown
+and removed), boxes drawn by hand; the same per labeler; and each labeler's open batch when
+the project has a workload split. A pre-label counts as shown when a prediction with boxes
+existed before the annotation was created. Results are cached for `CACHE_S` per project.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from backend.assign import FIELD, decode
+from backend.coco import ACCEPTED, DRAWN, EDITED, labeled_tasks, region_provenance
+from backend.labelstudio import LabelStudioAPI
+from backend.model.dataset import chosen_annotation
+
+CACHE_S = 30.0
+REJECTED = "rejected"
+
+
+def _boxes(result: object) -> list[dict]:
+    return [r for r in result or [] if isinstance(r, dict)  # type: ignore[union-attr]
+            and r.get("type") == "rectanglelabels"] if isinstance(result, list) else []
+
+
+def shown_prediction(annotation: dict, predictions: list[dict]) -> dict | None:
+    """The pre-label the labeler saw: the annotation's parent, else the newest prediction with
+    boxes made before the annotation."""
+    parent = annotation.get("parent_prediction")
+    for prediction in predictions:
+        if parent and prediction.get("id") == parent:
+            return prediction
+    made = str(annotation.get("created_at") or "~")
+    earlier = [p for p in predictions if _boxes(p.get("result"))
+               and str(p.get("created_at") or "") <= made]
+    return max(earlier, key=lambda p: str(p.get("created_at") or "")) if earlier else None
+
+
+def task_outcome(annotation: dict, predictions: list[dict]) -> Counter:
+    """Box counts of one annotation: accepted / edited / drawn, and rejected pre-label boxes."""
+    shown = shown_prediction(annotation, predictions)
+    basis = [shown] if shown is not None else []
+    counts: Counter = Counter()
+    kept_ids = set()
+    for region in _boxes(annotation.get("result")):
+        provenance, _ = region_provenance(region, basis)
+        counts[provenance] += 1
+        if provenance != DRAWN:
+            kept_ids.add(region.get("id"))
+    if shown is not None:
+        for region in _boxes(shown.get("result")):
+            if region.get("id") not in kept_ids:
+                same = [r for r in _boxes(annotation.get("result"))
+                        if region_provenance(r, [{"result": [region]}])[0] == ACCEPTED]
+                if not same:
+                    counts[REJECTED] += 1
+    return counts
+
+
+def project_stats(api: LabelStudioAPI, project: int,
+                  labelers_wanted: list[str] | None = None) -> dict[str, Any]:
+    users = {u.get("id"): str(u.get("email") or u.get("username") or u.get("id"))
+             for u in api.users()}
+    tasks: Counter = Counter()
+    assigned_open: Counter = Counter()
+    after = 0
+    while page := api.task_page(project, after, 1000):
+        for task in page:
+            labeled = int(task.get("total_annotations") or 0) > 0
+            if not labeled:
+                tasks["unlabeled_prelabeled" if int(task.get("total_predictions") or 0)
+                      else "unlabeled_bare"] += 1
+            annotators = {users.get(a) for a in task.get("annotators") or []}
+            for email in decode((task.get("data") or {}).get(FIELD)):
+                if email not in annotators and not labeled:
+                    assigned_open[email] += 1
+        after = int(page[-1]["id"])
+    boxes: Counter = Counter()
+    per_labeler: dict[str, Counter] = {}
+    for task in labeled_tasks(api, project, 100):
+        annotation = chosen_annotation(task)
+        if annotation is None:
+            continue
+        predictions = [p for p in task.get("predictions") or [] if isinstance(p, dict)]
+        outcome = task_outcome(annotation, predictions)
+        with_prelabel = shown_prediction(annotation, predictions) is not None
+        tasks["labeled_from_prelabel" if with_prelabel else "labeled_from_scratch"] += 1
+        boxes.update(outcome)
+        who = users.get(annotation.get("completed_by"), str(annotation.get("completed_by")))
+        mine = per_labeler.setdefault(who, Counter())
+        mine.update(outcome)
+        mine["tasks"] += 1
+        mine["tasks_with_prelabel"] += int(with_prelabel)
+    labelers = []
+    for email in sorted(set(per_labeler) | set(labelers_wanted or [])):
+        mine = per_labeler.get(email, Counter())
+        judged = mine[ACCEPTED] + mine[EDITED] + mine[REJECTED]
+        labelers.append({"labeler": email, "tasks": mine["tasks"],
+                         "tasks_with_prelabel": mine["tasks_with_prelabel"],
+                         ACCEPTED: mine[ACCEPTED], EDITED: mine[EDITED],
+                         REJECTED: mine[REJECTED], DRAWN: mine[DRAWN],
+                         "acceptance": round(mine[ACCEPTED] / judged, 3) if judged else None,
+                         "open_batch": assigned_open.get(email)
+                         if labelers_wanted is not None else None})
+    judged = boxes[ACCEPTED] + boxes[EDITED] + boxes[REJECTED]
+    total_boxes = boxes[ACCEPTED] + boxes[EDITED] + boxes[DRAWN]
+    return {"tasks": {k: tasks[k] for k in ("labeled_from_scratch", "labeled_from_prelabel",
+                                            "unlabeled_prelabeled", "unlabeled_bare")},
+            "boxes": {k: boxes[k] for k in (ACCEPTED, EDITED, REJECTED, DRAWN)},
+            "acceptance": round(boxes[ACCEPTED] / judged, 3) if judged else None,
+            "not_drawn_share": round((boxes[ACCEPTED] + boxes[EDITED]) / total_boxes, 3)
+            if total_boxes else None,
+            "labelers": labelers}
+
+
+class StatsCache:
+    """project_stats per project, recomputed at most every CACHE_S seconds."""
+
+    def __init__(self, ttl: float = CACHE_S) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, tuple[float, dict[str, Any]]] = {}
+
+    def get(self, api: LabelStudioAPI, project: int,
+            labelers: list[str] | None) -> dict[str, Any]:
+        cache_key = (project, tuple(labelers or ()))
+        with self._lock:
+            hit = self._entries.get(cache_key)
+            if hit is not None and time.monotonic() - hit[0] < self.ttl:
+                return hit[1]
+        stats = project_stats(api, project, labelers)
+        with self._lock:
+            self._entries[cache_key] = (time.monotonic(), stats)
+        return stats
+
+
+def learning_curve_svg(versions: list[dict[str, Any]], width: int = 520,
+                       height: int = 220) -> str:
+    """An inline SVG of validation AP50 against training labels (promoted: filled dots)."""
+    points = [(int(v.get("train_labels") or 0), float((v.get("metrics") or {})["ap50"]),
+               v.get("status") == "champion" or v.get("promoted_at") is not None, v["version"])
+              for v in versions if (v.get("metrics") or {}).get("ap50") is not None]
+    pad = 40
+    if not points:
+        return (f'<svg width="{width}" height="{height}" role="img" aria-label="no models yet">'
+                f'<text x="{pad}" y="{height // 2}" fill="#666">no models yet</text></svg>')
+    most = max(p[0] for p in points) or 1
+
+    def x(labels: int) -> float:
+        return pad + (width - 2 * pad) * labels / most
+
+    def y(ap50: float) -> float:
+        return height - pad - (height - 2 * pad) * ap50
+
+    path = " ".join(f"{'M' if i == 0 else 'L'}{x(p[0]):.1f},{y(p[1]):.1f}"
+                    for i, p in enumerate(points))
+    dots = "".join(
+        f'<circle cx="{x(p[0]):.1f}" cy="{y(p[1]):.1f}" r="4" '
+        f'fill="{"#2b7a3d" if p[2] else "#fff"}" stroke="#2b7a3d"><title>{p[3]}: AP50 '
+        f'{p[1]:.3f} on {p[0]} labels</title></circle>' for p in points)
+    grid = "".join(f'<line x1="{pad}" x2="{width - pad}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
+                   f'stroke="#eee"/><text x="{pad - 6}" y="{y(t) + 4:.1f}" font-size="10" '
+                   f'text-anchor="end" fill="#666">{t:.1f}</text>' for t in (0, 0.5, 1.0))
+    return (f'<svg width="{width}" height="{height}" role="img" '
+            f'aria-label="validation AP50 against training labels">{grid}'
+            f'<path d="{path}" fill="none" stroke="#2b7a3d" stroke-width="2"/>{dots}'
+            f'<text x="{width / 2:.0f}" y="{height - 8}" font-size="11" text-anchor="middle" '
+            f'fill="#666">labeled tasks used for training (max {most})</text></svg>')
