@@ -136,7 +136,7 @@ def labeled_tasks(api: LabelStudioAPI, project: int, page: int) -> Iterator[dict
 
 
 def export_coco(api: LabelStudioAPI, fetcher: ImageFetcher, project: int, out: Path,
-                images_dir: Path | None = None, page: int = 100) -> ExportReport:
+                images_dir: Path | None = None, page: int = 500) -> ExportReport:
     """Write the project's labeled boxes to `out` as COCO; optionally download the images."""
     record = api.project(project)
     config = parse_label_config(record.get("label_config") or "")

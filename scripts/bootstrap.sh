@@ -10,14 +10,30 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${MLASSIST_CACHE:-$HOME/.cache/mlassist}"
 LS_VERSION="${LABEL_STUDIO_VERSION:-1.23.2}"
 PYTHON="${PYTHON:-python3}"
-QUIET="${MLASSIST_QUIET_PIP:--q}"
+QUIET="${MLASSIST_QUIET_PIP:-}"   # pip's own output only reaches the log
 mkdir -p "$CACHE"
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 pip_quiet() {
-    # pip and setuptools are chatty; keep their output in a log and show it when they fail.
-    local log="$CACHE/pip-last.log"
-    if ! "$@" >"$log" 2>&1; then
+    # pip and setuptools are chatty: their output goes to a log, shown when they fail. While
+    # they run, a progress line says for how long and what pip is at (a line every 30 s when
+    # stderr is not a terminal).
+    local log="$CACHE/pip-last.log" pid start at
+    "$@" >"$log" 2>&1 &
+    pid=$!
+    start=$SECONDS
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        at="$(grep -Eo '^(Collecting|Downloading|Installing collected|Building) [^ ]*' "$log" \
+              | tail -1)"
+        if [ -t 2 ]; then
+            printf '\r\033[K[bootstrap]   %4d s  %s' $((SECONDS - start)) "${at:0:60}" >&2
+        elif (( (SECONDS - start) % 30 == 0 )); then
+            say "  still installing ($((SECONDS - start)) s): ${at:-starting}"
+        fi
+    done
+    [ -t 2 ] && printf '\r\033[K' >&2
+    if ! wait "$pid"; then
         grep -v "^WARNING: Location 'file:" "$log" | tail -40 >&2
         say "failed: $* (full log: $log)"
         return 1
