@@ -131,18 +131,18 @@ def top_up(api: LabelStudioAPI, project: int, emails: list[str], batch: int,
         raise AssignError("--batch and --overlap must be at least 1")
     if overlap > len(emails):
         raise AssignError(f"overlap {overlap} needs at least {overlap} labelers")
-    users = {str(u.get("email", "")).lower(): int(u["id"]) for u in api.users()
-             if isinstance(u.get("id"), int)}
+    users = {str(u.get("email", "")).lower(): (str(u.get("email")), int(u["id"]))
+             for u in api.users() if isinstance(u.get("id"), int)}
     missing = [e for e in emails if e.lower() not in users]
     if missing:
         raise AssignError(f"no Label Studio user for {missing}; invite them first "
                           "(Organization > Add people), then assign")
-    labelers = {e: users[e.lower()] for e in emails}
-    walked = list(_task_states(api, project))
-    result = plan([task for task, _ in walked], labelers, batch, overlap)
-    data = {task.id: task_data for task, task_data in walked}
+    labelers = dict(users[e.lower()] for e in emails)  # emails as Label Studio spells them
+    result = plan([task for task, _ in _task_states(api, project)], labelers, batch, overlap)
     for task_id, assignees in result.changes.items():
-        api.update_task(task_id, data={**data[task_id], FIELD: encode(assignees)})
+        # Re-read right before writing: Label Studio replaces `data` whole, and the sync may
+        # have re-signed the task's URL since the walk.
+        api.update_task(task_id, data={**api.task_data(task_id), FIELD: encode(assignees)})
     views = {v.get("data", {}).get("title"): v for v in api.views(project)}
     for email, user_id in labelers.items():
         title = f"{VIEW_PREFIX}{email}"
@@ -156,5 +156,6 @@ def top_up(api: LabelStudioAPI, project: int, emails: list[str], batch: int,
             api.update_view(int(found["id"]), project, {**found.get("data", {}), **wanted})
     logger.info("project %s: assignments changed on %d tasks; open per labeler %s", project,
                 len(result.changes), result.open_tasks)
-    return {"changed_tasks": len(result.changes), "open": result.open_tasks,
+    return {"labelers": list(labelers), "changed_tasks": len(result.changes),
+            "open": result.open_tasks,
             "batch": batch, "overlap": overlap}

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from backend.boxes import from_region_value, to_region
 from backend.errors import ImageError, MLAssistError
 from backend.files import atomic_file
-from backend.images import ImageFetcher, decode_image
+from backend.images import ImageFetcher, decode_image, redact_url
 from backend.label_config import LabelConfig, parse_label_config
 from backend.labelstudio import LabelStudioAPI
 from backend.model.dataset import chosen_annotation
@@ -69,7 +69,7 @@ class ExportReport:
 # -- export ---------------------------------------------------------------------------------
 
 
-def _same_box(a: dict, b: dict) -> bool:
+def same_box(a: dict, b: dict) -> bool:
     keys = ("x", "y", "width", "height")
     try:
         return all(abs(float(a[k]) - float(b[k])) <= COORD_TOLERANCE for k in keys) \
@@ -90,11 +90,11 @@ def region_provenance(region: dict, predictions: list[dict]) -> tuple[str, str |
         return ORIGINS[origin], matched[1] if matched and origin != "manual" else (
             _version_of_only(predictions) if origin != "manual" else None)
     if matched is not None:
-        return (ACCEPTED if _same_box(value, matched[0].get("value") or {}) else EDITED), \
+        return (ACCEPTED if same_box(value, matched[0].get("value") or {}) else EDITED), \
             matched[1]
     for prediction in predictions:  # the same box, with an id the editor re-issued
         for other in prediction.get("result") or []:
-            if isinstance(other, dict) and _same_box(value, other.get("value") or {}):
+            if isinstance(other, dict) and same_box(value, other.get("value") or {}):
                 return ACCEPTED, prediction.get("model_version")
     return DRAWN, None
 
@@ -104,7 +104,25 @@ def _version_of_only(predictions: list[dict]) -> str | None:
     return versions.pop() if len(versions) == 1 else None
 
 
+def safe_name(name: object) -> str | None:
+    """`name` when it is a relative path that stays inside its folder, else None."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        return None
+    path = PurePosixPath(name)
+    if path.is_absolute() or any(part in ("..", "") for part in name.split("/")):
+        return None
+    return name
+
+
 def _file_name(task: dict, key: str, reference: str) -> str:
+    chosen = _raw_file_name(task, key, reference)
+    if safe_name(chosen) is not None:
+        return chosen
+    base = PurePosixPath(chosen.replace("\\", "/")).name  # never outside --images-dir
+    return f"task-{task.get('id')}-{base if base not in ('', '..', '.') else key}"
+
+
+def _raw_file_name(task: dict, key: str, reference: str) -> str:
     imported = (task.get("data") or {}).get(KEY)
     if isinstance(imported, str) and imported:
         return imported  # the name it had in the COCO file it came from
@@ -244,8 +262,10 @@ def _export_image(task: dict, key: str, annotation: dict, predictions: list[dict
                              "task_id": task.get("id"), "region_id": region.get("id")}}
         spool.write((b", " if report.annotations > 1 else b"") + json.dumps(item).encode())
     blob = (task.get("data") or {}).get("mlassist_blob")
+    shown = redact_url(reference) if reference.startswith(("http://", "https://")) \
+        else reference  # no SAS signature or token in a file people pass around
     return {"id": image_id, "width": width, "height": height, "file_name": file_name,
-            "mlassist": {"task_id": task.get("id"), "image": reference,
+            "mlassist": {"task_id": task.get("id"), "image": shown,
                          **({"blob": blob} if blob else {})}}
 
 
@@ -297,7 +317,10 @@ def _regions(annotations: list[dict], categories: dict[Any, str], image: dict, t
             report.skipped["malformed_bbox"] += 1
             continue
         x, y, w, h = bbox
-        region = to_region((x, y, x + w, y + h), score=float(item.get("score", 1.0)),
+        given = item.get("score", 1.0)
+        confidence = float(given) if isinstance(given, int | float) and math.isfinite(given) \
+            else 1.0
+        region = to_region((x, y, x + w, y + h), score=confidence,
                            label=name, width=int(width), height=int(height),  # type: ignore[arg-type]
                            from_name=target.from_name, to_name=target.to_name,
                            region_id=f"coco-{item.get('id')}")
@@ -347,6 +370,11 @@ def import_coco(api: LabelStudioAPI, project: int, coco: dict[str, Any], images:
         if image["file_name"] in existing:
             report.already_there += 1
             continue
+        if safe_name(image["file_name"]) is None:
+            report.skipped["unsafe_file_name"] += 1
+            logger.warning("file_name %r leaves the image folder; skipped", image["file_name"])
+            continue
+        existing.add(image["file_name"])  # a name listed twice makes one task
         if folder is not None and not (folder / image["file_name"]).is_file():
             report.skipped["image_file_missing"] += 1
             logger.warning("%s is not in %s; skipped", image["file_name"], folder)

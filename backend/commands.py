@@ -65,9 +65,10 @@ def assign_command(settings: Settings, project: int, labelers: list[str], batch:
         api = LabelStudioAPI(LabelStudioAuth(settings.label_studio_url,
                                              settings.label_studio_api_key))
         with ProjectLock(redis, f"assign:{project}", wait=120, ttl=settings.job_lock_ttl):
+            # Under the lock the workers' top-ups take too, so none works from the old split.
             report = top_up(api, project, labelers, batch, overlap)
-        queue.set_assignment(project, {"labelers": labelers, "batch": batch,
-                                       "overlap": overlap})
+            queue.set_assignment(project, {"labelers": report["labelers"], "batch": batch,
+                                           "overlap": overlap})
         queue.remember_project(project)
     except RedisError as exc:
         raise MLAssistError(f"Redis at REDIS_URL is unreachable ({type(exc).__name__}); "
@@ -178,11 +179,13 @@ def connect_command(settings: Settings, project: int, labels: str | None) -> Non
         _out(change)
 
 
-WORKER_HEARTBEAT_MAX_AGE = 120.0  # rq beats every few seconds while idle and during jobs
+# An idle rq 2.x worker beats once per blocking dequeue, every worker_ttl - 15 = 405 s.
+WORKER_HEARTBEAT_MAX_AGE = 480.0
 
 
 def healthcheck_command(settings: Settings, what: str) -> int:
-    """A container health check: 0 when this host's worker beats in Redis, or when the sync
+    """A container health check: 0 when this host's worker beat in Redis within 8 minutes
+    (rq's idle heartbeat interval is under 7), or when the sync
     touched SYNC_HEARTBEAT_FILE within three intervals (at least 5 minutes)."""
     import os
     import socket

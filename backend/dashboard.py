@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 from backend.assign import FIELD, decode
-from backend.coco import ACCEPTED, DRAWN, EDITED, labeled_tasks, region_provenance
+from backend.coco import ACCEPTED, DRAWN, EDITED, labeled_tasks, region_provenance, same_box
 from backend.labelstudio import LabelStudioAPI
 from backend.model.dataset import chosen_annotation
 
@@ -54,12 +54,12 @@ def task_outcome(annotation: dict, predictions: list[dict]) -> Counter:
         if provenance != DRAWN:
             kept_ids.add(region.get("id"))
     if shown is not None:
+        submitted = _boxes(annotation.get("result"))
         for region in _boxes(shown.get("result")):
-            if region.get("id") not in kept_ids:
-                same = [r for r in _boxes(annotation.get("result"))
-                        if region_provenance(r, [{"result": [region]}])[0] == ACCEPTED]
-                if not same:
-                    counts[REJECTED] += 1
+            if region.get("id") not in kept_ids and not any(
+                    same_box(r.get("value") or {}, region.get("value") or {})
+                    for r in submitted):
+                counts[REJECTED] += 1
     return counts
 
 

@@ -197,6 +197,12 @@ class LabelStudioAPI:
         """Bulk-create tasks ([{"data": {...}}, ...]) in one request."""
         self._call("POST", f"/api/projects/{project}/import", body=tasks)
 
+    def task_data(self, task_id: int) -> dict:
+        """A task's `data` as stored (URIs unresolved), read just before changing it."""
+        task = self._call("GET", f"/api/tasks/{task_id}", params={"resolve_uri": "false"})
+        data = task.get("data") if isinstance(task, dict) else None
+        return dict(data) if isinstance(data, dict) else {}
+
     def update_task(self, task_id: int, **fields: object) -> None:
         self._call("PATCH", f"/api/tasks/{task_id}", body=fields)
 

@@ -82,7 +82,7 @@ class Process:
                     _signal_group(self.process.pid, signal.SIGKILL)
                     self.process.wait(10)
             for pid in family:  # a grandchild in its own session outlives the group
-                with contextlib.suppress(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         self._handle.close()
 

@@ -20,7 +20,7 @@ LABEL_CONFIG = ('<View><Image name="image" value="$image"/>'
                 '<RectangleLabels name="label" toName="image">'
                 + "".join(f'<Label value="{shape}"/>' for shape in SHAPES)
                 + "</RectangleLabels></View>")
-SCENE_NAME = re.compile(r"scene-(\d+)\.(?:jpe?g|png)$")
+SCENE_NAME = re.compile(r"scene-(\d+)\.(?:jpe?g|png)(?:$|\?)")  # a SAS query may follow
 PALETTE = ((220, 60, 50), (40, 140, 220), (250, 200, 40), (60, 180, 90), (150, 80, 200))
 
 

@@ -25,7 +25,7 @@ pip_quiet() {
     while kill -0 "$pid" 2>/dev/null; do
         sleep 1
         at="$(grep -Eo '^(Collecting|Downloading|Installing collected|Building) [^ ]*' "$log" \
-              | tail -1)"
+              | tail -1 || true)"
         if [ -t 2 ]; then
             printf '\r\033[K[bootstrap]   %4d s  %s' $((SECONDS - start)) "${at:0:60}" >&2
         elif (( (SECONDS - start) % 30 == 0 )); then

@@ -132,6 +132,10 @@ class Importer:
         return report
 
     def _patch(self, task_id: int, data: dict[str, Any]) -> None:
+        """Write the sync's own keys over the task's current data (Label Studio replaces
+        `data` whole, and others keep keys there too, e.g. `mlassist assign`)."""
+        owned = (self.image_key, KEY_FIELD, ETAG_FIELD, MISSING_FIELD, EXPIRY_FIELD)
+        data = {**self.api.task_data(task_id), **{k: data[k] for k in owned if k in data}}
         self.api.update_task(task_id, data=data)
         self.data[task_id] = data
         self.expiry[task_id] = float(data.get(EXPIRY_FIELD) or 0)

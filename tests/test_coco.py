@@ -235,3 +235,47 @@ def test_provenance_without_editor_origins() -> None:
     assert region_provenance(reissued, [prediction]) == ("accepted", "m-v1")
     assert region_provenance(new, [prediction]) == ("drawn", None)
     assert region_provenance({**moved, "origin": "manual"}, [prediction]) == ("drawn", None)
+
+
+def test_file_names_that_leave_the_folder_are_refused_or_made_safe() -> None:
+    from backend.coco import _file_name, safe_name
+
+    for bad in ("../../etc/passwd", "/etc/passwd", "a/../../b.jpg", "a\\..\\b.jpg", "", "a//b",
+                None, 3):
+        assert safe_name(bad) is None, bad
+    assert safe_name("set 1/img-01.jpg") == "set 1/img-01.jpg"
+    task = {"id": 9, "data": {"mlassist_coco": "../../home/u/.ssh/id_rsa"}}
+    assert _file_name(task, "image", "x") == "task-9-id_rsa"
+    blob = {"id": 4, "data": {"mlassist_blob": "box/a/b.jpg"}}
+    assert _file_name(blob, "image", "x") == "a/b.jpg"
+
+
+def test_import_skips_unsafe_names_and_duplicates(
+        tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudio) -> None:
+    api = LabelStudioAPI(LabelStudioAuth(label_studio.url, ADMIN_TOKEN))
+    target = client.projects.create(title="coco unsafe", label_config=CONFIG).id
+    (tmp_path / "ok.png").write_bytes(b"not really a png, only uploaded")
+    coco = {"images": [{"id": 1, "file_name": "../secret.png"},
+                       {"id": 2, "file_name": "ok.png"}, {"id": 3, "file_name": "ok.png"}],
+            "categories": [{"id": 1, "name": "circle"}],
+            "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5],
+                             "score": None}]}
+    report = import_coco(api, target, coco, "https://x.example/")
+    assert report.skipped == {"unsafe_file_name": 1} and report.tasks_created == 1
+    assert report.already_there == 1
+
+
+def test_export_writes_no_sas_signature(
+        tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudio) -> None:
+    project = client.projects.create(title="coco sas", label_config=CONFIG).id
+    api = LabelStudioAPI(LabelStudioAuth(label_studio.url, ADMIN_TOKEN))
+    url = "https://acct.blob.core.windows.net/c/scene.jpg?sv=2024&sp=r&sig=SECRETSIG"
+    api.import_tasks(project, [{"data": {"image": url, "mlassist_blob": "c/scene.jpg"},
+                                "annotations": [{"result": regions_of(make_scene(1))}]}])
+    out = tmp_path / "sas.json"
+    run(label_studio, "export-coco", "--project", str(project), "-o", str(out))
+    text = out.read_text()
+    assert "SECRETSIG" not in text and "sig=" not in text
+    image = json.loads(text)["images"][0]
+    assert image["mlassist"]["image"] == "https://acct.blob.core.windows.net/c/scene.jpg"
+    assert image["file_name"] == "scene.jpg"

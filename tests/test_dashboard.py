@@ -43,6 +43,12 @@ def test_outcome_counts_accepted_edited_rejected_and_drawn() -> None:
     annotation = {"created_at": "2026-01-02T00:00:00", "result": [kept, moved, drawn]}
     assert task_outcome(annotation, [shown]) == {"accepted": 1, "edited": 1, "drawn": 1,
                                                  "rejected": 2}
+    # As Label Studio's editor sends it: every region says its origin.
+    edited_in_editor = {**annotation, "result": [{**kept, "origin": "prediction"},
+                                                 {**moved, "origin": "prediction-changed"},
+                                                 {**drawn, "origin": "manual"}]}
+    assert task_outcome(edited_in_editor, [shown]) == {"accepted": 1, "edited": 1, "drawn": 1,
+                                                       "rejected": 2}
     later = {**shown, "created_at": "2026-01-03T00:00:00"}
     assert task_outcome(annotation, [later]) == {"drawn": 3}, \
         "a prediction made after the annotation was not shown to the labeler"

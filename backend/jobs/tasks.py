@@ -261,16 +261,15 @@ def top_up_assignments(project: int, context: Context | None = None) -> dict[str
     from backend.assign import top_up
 
     ctx = context or Context(Settings.from_env())
-    config = ctx.queue.assignment(project)
-    if config is None:
-        ctx.queue.release_pending("assign", project, _job_id())
-        return {"status": "no workload split for this project"}
     lock = _acquire(ctx, "assign", project, f"assign:{project}",
                     "backend.jobs.tasks.top_up_assignments", HOUSEKEEPING_QUEUE,
                     RECONCILE_TIMEOUT_S)
     if lock is None:
         return {"status": "deferred: another top-up is running"}
-    try:  # _acquire entered the lock
+    try:  # _acquire entered the lock; the split is read under it (`assign` writes it so)
+        config = ctx.queue.assignment(project)
+        if config is None:
+            return {"status": "no workload split for this project"}
         return top_up(ctx.api, project, config["labelers"], int(config["batch"]),
                       int(config.get("overlap", 1)))
     finally:
