@@ -210,7 +210,11 @@ def test_full_loop_sync_label_train_on_one_worker_prelabel_on_another(
 
         # Each role did its part, from its own cache.
         assert "training" in trainer.log.read_text() and version is not None
-        assert f"pushed {len(unlabeled)} predictions of {version}" in labeler.log.read_text()
+        pushed = f"pushed {len(unlabeled)} predictions of {version}"
+        deadline = time.monotonic() + 30  # the job logs after its last import lands
+        while pushed not in labeler.log.read_text():
+            assert time.monotonic() < deadline, labeler.log.read_text()[-3000:]
+            time.sleep(0.5)
         assert list((tmp_path / "prelabeler" / "models" / "cache").rglob("*.pt")), \
             "the pre-labeling worker fetched the champion from the shared registry"
         assert not (tmp_path / "prelabeler" / "models" / "registry").exists()
