@@ -36,10 +36,11 @@ SECRET = "loop-webhook-secret"
 AUTH = ("mlassist", "loop-basic-pass")
 LABELED, TOTAL = 12, 20
 # The full loop: enough labels and steps for a model worth showing, in CI time (2 CPU cores).
-FULL_LABELED, FULL_TOTAL, FULL_STEPS = 36, 56, 400
-# Pre-annotations against the ground truth (IoU >= 0.5, same class). Seen: recall 0.80,
-# precision 0.92 (TARGET_PRECISION 0.9 calibrated on 6-8 held-out images).
-RECALL_FLOOR, PRECISION_FLOOR = 0.65, 0.8
+FULL_LABELED, FULL_TOTAL, FULL_STEPS = 40, 60, 400
+# Pre-annotations against the ground truth (IoU >= 0.5, same class), thresholds calibrated
+# for TARGET_PRECISION 0.85 on the held-out labels. Seen: recall 0.98 / 0.95, precision
+# 0.95 / 0.90.
+RECALL_FLOOR, PRECISION_FLOOR = 0.7, 0.8
 
 
 @pytest.fixture
@@ -153,6 +154,9 @@ def test_full_loop_sync_label_train_on_one_worker_prelabel_on_another(
         "SYNC_CONTAINER": "full-loop", "SYNC_INTERVAL": "2", "ALLOWED_IMAGE_HOSTS": "127.0.0.1",
         "TRAIN_MIN_LABELED": str(FULL_LABELED), "TRAIN_EVERY": "1000", "TRAIN_GROWTH": "0",
         "TRAIN_STEPS": str(FULL_STEPS), "LOG_LEVEL": "info",
+        # 11 held-out images, not 5-7: thresholds calibrated on a handful are erratic
+        # (seen: recall 0.49 at precision 0.88 after 5 held out, 0.80 / 0.92 after 7).
+        "VALIDATION_FRACTION": "0.3", "TARGET_PRECISION": "0.85",
     }
 
     def role(name: str) -> dict[str, str]:  # each process its own model and image caches
