@@ -25,7 +25,7 @@ from backend.errors import BadRequest, MLAssistError
 from backend.images import ImageFetcher
 from backend.jobs.queues import JobQueue, connect
 from backend.label_config import LabelConfig, coverage, parse_label_config
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
+from backend.labelstudio import LabelStudioAPI
 from backend.metrics import Metrics
 from backend.model.detector import DetectorHolder, ModelSpec
 from backend.model.registry import Registry, open_registry
@@ -114,10 +114,7 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
         holder = DetectorHolder(ModelSpec.from_settings(settings), settings.device,
                                 settings.effective_torch_threads()).start()
     if fetcher is None:
-        fetcher = ImageFetcher(
-            LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key),
-            settings.allowed_image_hosts, max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels, timeout=settings.image_fetch_timeout)
+        fetcher = ImageFetcher.from_settings(settings)
     if registry is None:
         registry = open_registry(settings)
     serving = ChampionServing(registry, holder, settings.device)

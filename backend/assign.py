@@ -100,16 +100,15 @@ def plan(tasks: list[TaskState], labelers: dict[str, int], batch: int, overlap: 
     return result
 
 
-def _task_states(api: LabelStudioAPI, project: int) -> Iterator[tuple[TaskState, dict]]:
+def _task_states(api: LabelStudioAPI, project: int) -> Iterator[TaskState]:
     after = 0
     while page := api.task_page(project, after, 1000):
         for task in page:
-            data = task.get("data") or {}
-            yield TaskState(int(task["id"]), decode(data.get(FIELD)),
+            yield TaskState(int(task["id"]), decode((task.get("data") or {}).get(FIELD)),
                             frozenset(int(a) for a in task.get("annotators") or []
                                       if isinstance(a, int)),
                             int(task.get("total_annotations") or 0)
-                            + int(task.get("cancelled_annotations") or 0)), data
+                            + int(task.get("cancelled_annotations") or 0))
         after = int(page[-1]["id"])
 
 
@@ -138,7 +137,7 @@ def top_up(api: LabelStudioAPI, project: int, emails: list[str], batch: int,
         raise AssignError(f"no Label Studio user for {missing}; invite them first "
                           "(Organization > Add people), then assign")
     labelers = dict(users[e.lower()] for e in emails)  # emails as Label Studio spells them
-    result = plan([task for task, _ in _task_states(api, project)], labelers, batch, overlap)
+    result = plan(list(_task_states(api, project)), labelers, batch, overlap)
     for task_id, assignees in result.changes.items():
         # Re-read right before writing: Label Studio replaces `data` whole, and the sync may
         # have re-signed the task's URL since the walk.

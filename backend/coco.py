@@ -86,9 +86,10 @@ def region_provenance(region: dict, predictions: list[dict]) -> tuple[str, str |
     value = region.get("value") or {}
     matched = by_id.get(region.get("id")) if region.get("id") else None
     origin = region.get("origin")
+    if origin == "manual":
+        return DRAWN, None
     if origin in ORIGINS:
-        return ORIGINS[origin], matched[1] if matched and origin != "manual" else (
-            _version_of_only(predictions) if origin != "manual" else None)
+        return ORIGINS[origin], matched[1] if matched else _version_of_only(predictions)
     if matched is not None:
         return (ACCEPTED if same_box(value, matched[0].get("value") or {}) else EDITED), \
             matched[1]

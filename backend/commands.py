@@ -19,19 +19,12 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def _fetcher(settings: Settings) -> ImageFetcher:
-    auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
-    return ImageFetcher(auth, settings.allowed_image_hosts, max_bytes=settings.max_image_bytes,
-                        max_pixels=settings.max_image_pixels,
-                        timeout=settings.image_fetch_timeout)
-
-
 def export_coco_command(settings: Settings, project: int, out: Path,
                         images_dir: Path | None) -> None:
     """Write the project's labeled boxes as COCO; print what was written as JSON."""
     from backend.coco import export_coco
 
-    fetcher = _fetcher(settings)
+    fetcher = ImageFetcher.from_settings(settings)
     report = export_coco(LabelStudioAPI(fetcher.auth), fetcher, project, out, images_dir)
     _out(json.dumps({"output": str(out), **report.to_dict()}))
 
@@ -83,7 +76,7 @@ def train_command(settings: Settings, project: int, steps: int | None) -> None:
     from backend.model.detector import resolve_device
     from backend.model.training import train_round
 
-    fetcher = _fetcher(settings)
+    fetcher = ImageFetcher.from_settings(settings)
     auth = fetcher.auth
     bar: tqdm | None = None
 

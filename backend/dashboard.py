@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from html import escape
 from typing import Any
 
 from backend.assign import FIELD, decode
@@ -25,8 +26,9 @@ REJECTED = "rejected"
 
 
 def _boxes(result: object) -> list[dict]:
-    return [r for r in result or [] if isinstance(r, dict)  # type: ignore[union-attr]
-            and r.get("type") == "rectanglelabels"] if isinstance(result, list) else []
+    if not isinstance(result, list):
+        return []
+    return [r for r in result if isinstance(r, dict) and r.get("type") == "rectanglelabels"]
 
 
 def shown_prediction(annotation: dict, predictions: list[dict]) -> dict | None:
@@ -162,7 +164,7 @@ def learning_curve_svg(versions: list[dict[str, Any]], width: int = 520,
                     for i, p in enumerate(points))
     dots = "".join(
         f'<circle cx="{x(p[0]):.1f}" cy="{y(p[1]):.1f}" r="4" '
-        f'fill="{"#2b7a3d" if p[2] else "#fff"}" stroke="#2b7a3d"><title>{p[3]}: AP50 '
+        f'fill="{"#2b7a3d" if p[2] else "#fff"}" stroke="#2b7a3d"><title>{escape(p[3])}: AP50 '
         f'{p[1]:.3f} on {p[0]} labels</title></circle>' for p in points)
     grid = "".join(f'<line x1="{pad}" x2="{width - pad}" y1="{y(t):.1f}" y2="{y(t):.1f}" '
                    f'stroke="#eee"/><text x="{pad - 6}" y="{y(t) + 4:.1f}" font-size="10" '

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backend.errors import ImageError, LabelStudioAuthError
 from backend.labelstudio import LabelStudioAuth, origin
+from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,13 @@ class ImageFetcher:
         adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageFetcher:
+        """The fetcher the settings describe (Label Studio's key, allowed hosts, limits)."""
+        return cls(LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key),
+                   settings.allowed_image_hosts, max_bytes=settings.max_image_bytes,
+                   max_pixels=settings.max_image_pixels, timeout=settings.image_fetch_timeout)
 
     # -- where --------------------------------------------------------------------------
 

@@ -126,11 +126,12 @@ class LabelStudioAPI:
         return self._call("GET", path, params=params)
 
     def _call(self, method: str, path: str, params: dict[str, str] | None = None,
-              body: object = None) -> object:
+              body: object = None, files: list | None = None) -> object:
         url = f"{self.auth.base_url}{path}"
         try:
-            response = self._session.request(method, url, params=params, json=body,
-                                             headers=self.auth.headers(),
+            response = self._session.request(method, url, params=params,
+                                             json=body if files is None else None,
+                                             files=files, headers=self.auth.headers(),
                                              timeout=self.timeout)
         except requests.RequestException as exc:
             raise LabelStudioError(f"Label Studio at {self.auth.base_url} is unreachable "
@@ -271,18 +272,9 @@ class LabelStudioAPI:
         """Upload files into the project without creating tasks; their `/data/upload/...` URLs
         in the same order (for tasks that are imported as JSON afterwards)."""
         form = [(f"file{i}", (path.name, path.read_bytes())) for i, path in enumerate(paths)]
-        url = f"{self.auth.base_url}/api/projects/{project}/import"
-        try:
-            response = self._session.post(url, params={"commit_to_project": "false"},
-                                          files=form, headers=self.auth.headers(),
-                                          timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise LabelStudioError(f"Label Studio at {self.auth.base_url} is unreachable "
-                                   f"({type(exc).__name__}); is it running?") from None
-        if response.status_code not in (200, 201):
-            raise LabelStudioError(f"Label Studio answered HTTP {response.status_code} on "
-                                   f"an upload{_validation_errors(response)}")
-        ids = response.json().get("file_upload_ids") or []
+        stored = self._call("POST", f"/api/projects/{project}/import",
+                            params={"commit_to_project": "false"}, files=form)
+        ids = (stored.get("file_upload_ids") if isinstance(stored, dict) else None) or []
         found = self._call("GET", f"/api/projects/{project}/file-uploads",
                            params={"ids": json.dumps(ids)})
         names = {u.get("id"): u.get("file") for u in found or [] if isinstance(u, dict)} \

@@ -27,7 +27,7 @@ from backend.jobs.queues import (
     connect,
 )
 from backend.label_config import parse_label_config
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
+from backend.labelstudio import LabelStudioAPI
 from backend.model.registry import Registry, open_registry
 from backend.predictions import PredictOptions, Predictor
 from backend.settings import Settings
@@ -44,12 +44,8 @@ class Context:
         self.settings = settings
         self.redis = connect(settings.redis_url)
         self.queue = JobQueue(self.redis)
-        auth = LabelStudioAuth(settings.label_studio_url, settings.label_studio_api_key)
-        self.api = LabelStudioAPI(auth)
-        self.fetcher = ImageFetcher(auth, settings.allowed_image_hosts,
-                                    max_bytes=settings.max_image_bytes,
-                                    max_pixels=settings.max_image_pixels,
-                                    timeout=settings.image_fetch_timeout)
+        self.fetcher = ImageFetcher.from_settings(settings)
+        self.api = LabelStudioAPI(self.fetcher.auth)
         self.registry: Registry = open_registry(settings)
 
 
