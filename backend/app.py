@@ -112,12 +112,14 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
     metrics = Metrics()
     if holder is None:
         holder = DetectorHolder(ModelSpec.from_settings(settings), settings.device,
-                                settings.effective_torch_threads()).start()
+                                settings.effective_torch_threads(),
+                                settings.inference_runtime).start()
     if fetcher is None:
         fetcher = ImageFetcher.from_settings(settings)
     if registry is None:
         registry = open_registry(settings)
-    serving = ChampionServing(registry, holder, settings.device)
+    serving = ChampionServing(registry, holder, settings.device, settings.inference_runtime,
+                              settings.effective_torch_threads())
     predictor = Predictor(
         fetcher,
         PredictOptions(score_threshold=settings.score_threshold,
@@ -125,7 +127,8 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
                        batch_size=settings.predict_batch_size,
                        time_budget=settings.predict_time_budget,
                        show_uncalibrated=settings.prelabel_uncalibrated == "show"),
-        on_task_error=lambda reason: metrics.task_errors.labels(reason).inc())
+        on_task_error=lambda reason: metrics.task_errors.labels(reason).inc(),
+        on_stage=lambda stage, seconds: metrics.predict_stage.labels(stage).observe(seconds))
     project_configs: dict[str, str] = {}  # project -> label config seen at /setup or /predict
     configs_lock = threading.Lock()
     app.extensions["mlassist"] = {"holder": holder, "metrics": metrics, "settings": settings}
@@ -189,7 +192,9 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
 
     @app.get("/health")
     def health() -> Response:
-        return jsonify(status="UP", model_loaded=holder.ready, model_version=holder.version)
+        loaded = holder.peek()
+        return jsonify(status="UP", model_loaded=holder.ready, model_version=holder.version,
+                       runtime=loaded.runtime if loaded else None)
 
     @app.post("/setup")
     def setup() -> Response:

@@ -36,10 +36,13 @@ def project_id(value: object) -> int | None:
 class ChampionServing:
     """Resolves a project to its champion record and a loaded detector."""
 
-    def __init__(self, registry: Registry | None, base: DetectorHolder, device: str) -> None:
+    def __init__(self, registry: Registry | None, base: DetectorHolder, device: str,
+                 runtime: str = "torch", threads: int = 0) -> None:
         self.registry = registry
         self.base = base
         self.device = device
+        self.runtime = runtime
+        self.threads = threads
         self._lock = threading.Lock()
         self._records: dict[int, tuple[float, dict[str, Any] | None]] = {}
         self._loaded: OrderedDict[tuple[int, str], Detector] = OrderedDict()
@@ -86,7 +89,8 @@ class ChampionServing:
                 return self._loaded[key]
         try:
             path = self.registry.checkpoint_path(project, key[1])
-            detector = checkpoint_detector(path, key[1], self.device)
+            detector = checkpoint_detector(path, key[1], self.device, self.runtime,
+                                           self.threads)
         except Exception as exc:  # noqa: BLE001 - pruned, store down, corrupt: keep serving
             logger.error("champion %s of project %s cannot be loaded (%s); serving the base "
                          "model", key[1], project, exc)

@@ -26,6 +26,10 @@ class Metrics:
         self.task_errors = Counter("mlassist_task_errors",
                                    "Tasks answered without a prediction, by reason",
                                    ["reason"], registry=self.registry)
+        self.predict_stage = Histogram(
+            "mlassist_predict_stage_seconds", "Time spent in each stage of /predict and "
+            "push-back: fetch and decode per image, forward and results per chunk of tasks",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.boxes = Counter("mlassist_boxes_predicted", "Boxes returned in predictions",
                              registry=self.registry)
         self.webhooks = Counter("mlassist_webhooks", "Webhook events received, by action",

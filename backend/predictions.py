@@ -21,7 +21,7 @@ import numpy as np
 
 from backend.boxes import task_score, to_region
 from backend.errors import ImageError
-from backend.images import ImageFetcher, LoadedImage
+from backend.images import ImageFetcher, LoadedImage, decode_image
 from backend.label_config import BoxTarget, LabelConfig, map_classes
 from backend.model.detector import Detections, Detector
 
@@ -120,10 +120,13 @@ class Predictor:
     """Fetches task images, runs the detector in batches, and builds Label Studio results."""
 
     def __init__(self, fetcher: ImageFetcher, options: PredictOptions,
-                 on_task_error: Callable[[str], None] | None = None) -> None:
+                 on_task_error: Callable[[str], None] | None = None,
+                 on_stage: Callable[[str, float], None] | None = None) -> None:
         self.fetcher = fetcher
         self.options = options
         self._on_task_error = on_task_error or (lambda reason: None)
+        # Seconds spent per stage (fetch, decode, forward, results): where /predict's time goes.
+        self._on_stage = on_stage or (lambda stage, seconds: None)
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="image-fetch")
 
     def predict(self, detector: Detector, tasks: list, config: LabelConfig) -> list[dict]:
@@ -140,14 +143,27 @@ class Predictor:
                                   f"({self.options.time_budget:g} s); ask again for the rest")
                     work.reason = "time_budget"
             ready = [work for work in works if work.error is None]
+            started = time.perf_counter()
             detections = self._detect(detector, ready, config)
+            formatted = time.perf_counter()
             for work in works:
                 if work.error is not None:
                     items[work.index] = self._error_item(detector, work)
                 else:
                     items[work.index] = self._result_item(detector, work, config,
                                                           detections[work.index])
+            self._on_stage("forward", formatted - started)
+            self._on_stage("results", time.perf_counter() - formatted)
         return items
+
+    def _load(self, value: object, task_id: int | None) -> LoadedImage:
+        started = time.perf_counter()
+        data = self.fetcher.fetch(value, task_id)
+        fetched = time.perf_counter()
+        self._on_stage("fetch", fetched - started)
+        loaded = decode_image(data, self.fetcher.max_pixels)
+        self._on_stage("decode", time.perf_counter() - fetched)
+        return loaded
 
     def _prefetched(self, tasks: list, config: LabelConfig, chunks: list[range],
                     deadline: float) -> Iterator[list[_TaskWork]]:
@@ -179,8 +195,7 @@ class Predictor:
                     work.reason = "no_image_key"
                 for key in config.data_keys:
                     if key in data:
-                        futures[key] = self._pool.submit(self.fetcher.load, data[key],
-                                                         work.task_id)
+                        futures[key] = self._pool.submit(self._load, data[key], work.task_id)
             submitted.append((work, futures))
         return submitted
 

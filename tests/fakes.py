@@ -12,6 +12,7 @@ class FixedDetector:
     """Returns, for every image, the same boxes given as fractions of the image size."""
 
     device = "cpu"
+    runtime = "fixed"
 
     def __init__(self, boxes: list[tuple[float, float, float, float, float, int]],
                  class_names: list[str] | None = None, version: str = "fixed-1") -> None:

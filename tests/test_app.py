@@ -52,7 +52,7 @@ def test_health_is_unauthenticated_and_cheap(loopback: LoopbackServer) -> None:
                              BASIC_AUTH_PASS="p")
     client = create_app(settings, holder=holder_for(FixedDetector(BOXES))).test_client()
     assert client.get("/health").get_json() == {
-        "status": "UP", "model_loaded": True, "model_version": "fixed-1"}
+        "status": "UP", "model_loaded": True, "model_version": "fixed-1", "runtime": "fixed"}
 
 
 def test_basic_auth_guards_everything_else(loopback: LoopbackServer) -> None:

@@ -28,8 +28,11 @@ def run_worker(settings: Settings, queues: list[str], burst: bool = False,
                reconcile: bool = True) -> None:
     """Work the given queues until stopped (or, with `burst`, until they are empty)."""
     # Import torch once in the parent: each job runs in a forked child that inherits it.
-    import torch  # noqa: F401
+    import torch
     import torchvision  # noqa: F401
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)  # inherited by each job's work horse
 
     redis = connect(settings.redis_url)
     stop = threading.Event()

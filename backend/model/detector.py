@@ -87,11 +87,16 @@ class Detector:
     """A torchvision detector in eval mode with its class names and version."""
 
     def __init__(self, model: Any, class_names: list[str], version: str, device: str,
-                 thresholds: dict[str, float | None] | None = None) -> None:
+                 thresholds: dict[str, float | None] | None = None, runtime: str = "torch",
+                 threads: int = 0) -> None:
+        from backend.model.runtime import choose_forward
+
         self.model = model.eval().to(device)
         self.class_names = class_names
         self.version = version
         self.device = device
+        # `runtime` is what was asked for (auto, onnxruntime, torch); self.runtime what runs.
+        self._forward, self.runtime = choose_forward(self.model, runtime, device, threads)
         # Calibrated per-class thresholds of a trained version (None for a class = it cannot
         # reach the target precision); None when the model was never calibrated.
         self.thresholds = thresholds
@@ -107,7 +112,7 @@ class Detector:
             batch = [pil_to_tensor(image).to(self.device, dtype=torch.float32).div_(255.0)
                      for image in images[start:start + batch_size]]
             with self._lock, torch.inference_mode():
-                outputs = self.model(batch)
+                outputs = self._forward(batch)
             for output in outputs:
                 results.append(Detections(
                     boxes=output["boxes"].float().cpu().numpy(),
@@ -117,7 +122,8 @@ class Detector:
         return results
 
 
-def load_detector(spec: ModelSpec, device: str = "auto", threads: int = 0) -> Detector:
+def load_detector(spec: ModelSpec, device: str = "auto", threads: int = 0,
+                  runtime: str = "torch") -> Detector:
     """Build the detector `spec` describes; raises ModelError with what to do."""
     import torch
 
@@ -127,7 +133,8 @@ def load_detector(spec: ModelSpec, device: str = "auto", threads: int = 0) -> De
     if spec.weights == "coco":
         try:
             model = build_coco_model(spec.arch)
-            return Detector(model, coco_class_names(spec.arch), spec.version, device)
+            return Detector(model, coco_class_names(spec.arch), spec.version, device,
+                            runtime=runtime, threads=threads)
         except ModelError as exc:
             if spec.fallback != "none":
                 raise
@@ -136,8 +143,8 @@ def load_detector(spec: ModelSpec, device: str = "auto", threads: int = 0) -> De
     if spec.weights == "none":
         names = coco_class_names(spec.arch)
         model = build_untrained_model(spec.arch, num_classes=len(names))
-        return Detector(model, names, spec.version, device)
-    return checkpoint_detector(Path(spec.weights), spec.version, device)
+        return Detector(model, names, spec.version, device, runtime=runtime, threads=threads)
+    return checkpoint_detector(Path(spec.weights), spec.version, device, runtime, threads)
 
 
 def load_detector_model(path: Path) -> tuple[Any, list[str], dict[str, Any]]:
@@ -155,20 +162,23 @@ def load_detector_model(path: Path) -> tuple[Any, list[str], dict[str, Any]]:
     return model.eval(), names, checkpoint
 
 
-def checkpoint_detector(path: Path, version: str | None, device: str) -> Detector:
+def checkpoint_detector(path: Path, version: str | None, device: str, runtime: str = "torch",
+                        threads: int = 0) -> Detector:
     """A Detector from a checkpoint; `version` None means the one stored in it."""
     model, names, checkpoint = load_detector_model(path)
     return Detector(model, names, version or str(checkpoint.get("model_version") or path.stem),
-                    resolve_device(device), checkpoint.get("thresholds"))
+                    resolve_device(device), checkpoint.get("thresholds"), runtime, threads)
 
 
 class DetectorHolder:
     """Loads the detector once, in the background, and hands it out when ready."""
 
-    def __init__(self, spec: ModelSpec, device: str, threads: int) -> None:
+    def __init__(self, spec: ModelSpec, device: str, threads: int,
+                 runtime: str = "torch") -> None:
         self.spec = spec
         self._device = device
         self._threads = threads
+        self._runtime = runtime
         self._ready = threading.Event()
         self._detector: Detector | None = None
         self._error: ModelError | None = None
@@ -181,10 +191,11 @@ class DetectorHolder:
     def _load(self) -> None:
         started = time.perf_counter()
         try:
-            self._detector = load_detector(self.spec, self._device, self._threads)
+            self._detector = load_detector(self.spec, self._device, self._threads,
+                                           self._runtime)
             self.load_seconds = time.perf_counter() - started
-            logger.info("model %s loaded on %s in %.1f s", self._detector.version,
-                        self._detector.device, self.load_seconds)
+            logger.info("model %s loaded on %s (%s) in %.1f s", self._detector.version,
+                        self._detector.device, self._detector.runtime, self.load_seconds)
         except ModelError as exc:
             self._error = exc
             logger.error("model could not be loaded: %s", exc)
