@@ -63,10 +63,16 @@ class Importer:
         self.imported: dict[str, Imported] = {}
         self.data: dict[int, dict[str, Any]] = {}
         self.expiry: dict[int, float] = {}
+        self.last_task_id = 0  # the highest task id read back so far
 
     def load_state(self) -> int:
         """Read back what earlier runs imported (the tasks' own data)."""
-        after = 0
+        self._read_tasks_after(0)
+        return len(self.imported)
+
+    def _read_tasks_after(self, after: int) -> None:
+        """Learn the sync's tasks with ids above `after` (keyset walk; Label Studio's task ids
+        only grow, so this also finds the ids of tasks this process imported)."""
         while True:
             tasks = self.api.task_page(self.project, after, PAGE)
             if not tasks:
@@ -80,7 +86,7 @@ class Importer:
                     self.data[int(task["id"])] = data
                     self.expiry[int(task["id"])] = float(data.get(EXPIRY_FIELD) or 0)
             after = max(int(t["id"]) for t in tasks)
-        return len(self.imported)
+            self.last_task_id = max(self.last_task_id, after)
 
     def _task_data(self, blob: BlobInfo, missing: bool = False) -> dict[str, Any]:
         url, expires = self.source.url_for(blob.name)
@@ -95,6 +101,12 @@ class Importer:
         listed = list(self.source.list())
         report.listed = len(listed)
         todo = plan(listed, self.imported, self.max_bytes)
+        if any(task_id < 0 for task_id, _ in todo.changed + todo.returned) \
+                or any(task_id < 0 for task_id in todo.vanished):
+            # A blob imported earlier by this process changed or vanished: its task id is
+            # not known yet (imports return none); read the new tasks back, then plan again.
+            self._read_tasks_after(self.last_task_id)
+            todo = plan(listed, self.imported, self.max_bytes)
         report.skipped = todo.skipped
         for key, reason in todo.skipped.items():
             logger.warning("blob %s skipped: %s", key, reason)

@@ -94,6 +94,27 @@ def test_initial_incremental_changed_deleted_and_bad_blobs(
     assert "sig=" in url and "sp=r" in url
 
 
+def test_a_watching_sync_follows_changes_to_blobs_it_imported_itself(
+        label_studio: LabelStudioServer, azurite: Azurite, client: LabelStudio) -> None:
+    """Imports return no task ids: a blob imported by this process and then overwritten or
+    deleted used to send the sync to /api/tasks/-1 (a crash) or be ignored."""
+    container = "sync-watch-own"
+    fill(azurite, container, ["a0.jpg", "a1.jpg", "a2.jpg"])
+    project = client.projects.create(title="sync own changes", label_config=CONFIG).id
+    watching = importer(label_studio, azurite, project, container)
+    assert watching.run_pass().imported == 3
+    fill(azurite, container, ["a0.jpg"], media.png(40, 30))
+    BlobServiceClient.from_connection_string(azurite.connection_string) \
+        .get_container_client(container).delete_blob("a2.jpg")
+    report = watching.run_pass()
+    assert (report.imported, report.updated, report.flagged_missing) == (0, 1, 1)
+    tasks = {t.data[KEY_FIELD]: t for t in client.tasks.list(project=project, page_size=100)}
+    assert len(tasks) == 3 and tasks[f"{container}/a2.jpg"].data[MISSING_FIELD] is True
+    assert watching.run_pass().to_dict() | {"seconds": 0} == {
+        "listed": 2, "imported": 0, "updated": 0, "flagged_missing": 0, "returned": 0,
+        "resigned": 0, "skipped": {}, "seconds": 0}
+
+
 def test_urls_are_resigned_before_they_expire(label_studio: LabelStudioServer,
                                               azurite: Azurite, client: LabelStudio) -> None:
     container = "sync-resign"
