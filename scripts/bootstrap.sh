@@ -2,7 +2,8 @@
 # Create (or reuse) the virtual environments MLAssist needs, outside the checkout:
 #   $MLASSIST_CACHE/venv-<hash of the dependency pins>   the project, its deps and dev tools
 #   $MLASSIST_CACHE/label-studio-<version>          Label Studio in its own venv
-# A venv counts only once its `.complete` marker exists, so an interrupted install rebuilds.
+# A venv counts only once its `.complete` marker and its python exist, so an interrupted or
+# damaged install rebuilds; a lock in the cache makes concurrent bootstraps wait their turn.
 # Prints the two venv paths as shell assignments (eval "$(scripts/bootstrap.sh)").
 set -euo pipefail
 
@@ -12,6 +13,9 @@ LS_VERSION="${LABEL_STUDIO_VERSION:-1.23.2}"
 PYTHON="${PYTHON:-python3}"
 QUIET="${MLASSIST_QUIET_PIP:-}"   # pip's own output only reaches the log
 mkdir -p "$CACHE"
+# One bootstrap at a time per cache: two at once would build (and delete) the same venv.
+exec 9>"$CACHE/.bootstrap.lock"
+flock 9
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 pip_quiet() {
@@ -55,7 +59,7 @@ print(hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:1
 PY
 )"
 VENV="$CACHE/venv-$key"
-if [ ! -f "$VENV/.complete" ]; then
+if [ ! -f "$VENV/.complete" ] || [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV (torch, torchvision, flask, ...; about 2 minutes the first time)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
@@ -68,7 +72,7 @@ else
 fi
 
 LS_VENV="$CACHE/label-studio-$LS_VERSION"
-if [ ! -f "$LS_VENV/.complete" ]; then
+if [ ! -f "$LS_VENV/.complete" ] || [ ! -x "$LS_VENV/bin/python" ]; then
     say "creating $LS_VENV (Label Studio $LS_VERSION, about 2 minutes the first time)"
     rm -rf "$LS_VENV"
     "$PYTHON" -m venv "$LS_VENV"
