@@ -121,6 +121,28 @@ class JobQueue:
                 "if v == false or v == ARGV[1] then "
                 "return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) else return 0 end")
 
+    # One round trip for the common case of a webhook storm: is the pending job of this kind
+    # still waiting (queued, deferred, scheduled, or a young flag whose job is being
+    # enqueued)? Then keep its flag and collapse. Anything else goes the long way.
+    # KEYS: pending flag; ARGV: rq's job key prefix, PENDING_TTL_S, PENDING_GRACE_S.
+    _waiting = """
+        local job_id = redis.call('get', KEYS[1])
+        if not job_id then return 0 end
+        local status = redis.call('hget', ARGV[1] .. job_id, 'status')
+        if status == 'queued' or status == 'deferred' or status == 'scheduled' then
+            redis.call('expire', KEYS[1], ARGV[2])
+            return 1
+        end
+        if not status and tonumber(ARGV[2]) - redis.call('ttl', KEYS[1]) < tonumber(ARGV[3])
+            then return 1 end
+        return 0"""
+
+    def _collapses(self, kind: str, project: int) -> bool:
+        """True when a pending job of `kind` will still see this event (single flight)."""
+        return bool(self.redis.eval(self._waiting, 1, key("pending", kind, project),
+                                    Job.redis_job_namespace_prefix, str(PENDING_TTL_S),
+                                    str(PENDING_GRACE_S)))
+
     def _get(self, name: str) -> bytes | None:
         return cast(bytes | None, self.redis.get(name))
 
@@ -199,6 +221,8 @@ class JobQueue:
         """Queue a training check for the project unless one is pending; the job id or None."""
         if forced:
             self.redis.set(key("forced", project), 1, ex=PENDING_TTL_S)
+        if self._collapses("train", project):
+            return None
         return self._enqueue_once("train", project, TRAINING_QUEUE,
                                   "backend.jobs.tasks.train_project", (project,),
                                   TRAIN_TIMEOUT_S)

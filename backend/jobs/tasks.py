@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from rq import get_current_job
@@ -134,22 +135,29 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
     return {"status": "trained", **result.to_dict()}
 
 
-def _predict_and_import(ctx: Context, project: int, version: str, tasks: list[dict],
-                        predictor: Predictor, detector: Any, config: Any) -> tuple[int, int]:
-    """Predict the tasks that still need this version; bulk import. (imported, failed)."""
+def _predictions(version: str, tasks: list[dict], predictor: Predictor, detector: Any,
+                 config: Any) -> tuple[list[dict], int]:
+    """Predictions of the tasks that still need this version: (predictions, failed)."""
     todo = [t for t in tasks
             if not t.get("total_annotations") and not t.get("annotations")
             and not any(isinstance(p, dict) and p.get("model_version") == version
                         for p in t.get("predictions") or [])]
     if not todo:
-        return 0, 0
+        return [], 0
     items = predictor.predict(detector, todo, config)
     predictions = [{"task": task["id"], "result": item["result"], "score": item["score"],
                     "model_version": version}
                    for task, item in zip(todo, items, strict=True) if "result" in item]
+    return predictions, len(todo) - len(predictions)
+
+
+def _predict_and_import(ctx: Context, project: int, version: str, tasks: list[dict],
+                        predictor: Predictor, detector: Any, config: Any) -> tuple[int, int]:
+    """Predict the tasks that still need this version; bulk import. (imported, failed)."""
+    predictions, failed = _predictions(version, tasks, predictor, detector, config)
     if predictions:
         ctx.api.import_predictions(project, predictions)
-    return len(predictions), len(todo) - len(predictions)
+    return len(predictions), failed
 
 
 def _champion_predictor(ctx: Context, project: int) -> tuple[Any, Any, Any, str] | None:
@@ -160,7 +168,7 @@ def _champion_predictor(ctx: Context, project: int) -> tuple[Any, Any, Any, str]
 
     version = str(champion["version"])
     detector = checkpoint_detector(ctx.registry.checkpoint_path(project, version), version,
-                                   ctx.settings.device)
+                                   ctx.settings.device, ctx.settings.inference_runtime)
     s = ctx.settings
     predictor = Predictor(ctx.fetcher, PredictOptions(
         score_threshold=s.score_threshold, max_boxes=s.max_boxes_per_image,
@@ -168,6 +176,43 @@ def _champion_predictor(ctx: Context, project: int) -> tuple[Any, Any, Any, str]
         show_uncalibrated=s.prelabel_uncalibrated == "show"))
     config = parse_label_config(ctx.api.project(project)["label_config"])
     return detector, predictor, config, version
+
+
+class _PushBackWalk:
+    """The state of one push-back pass: counts, the cursor, and what a finished page does."""
+
+    def __init__(self, ctx: Context, project: int, version: str,
+                 stop_after: Callable[[int], bool] | None) -> None:
+        self.ctx, self.project, self.version = ctx, project, version
+        self.cursor = ctx.queue.cursor(project, version)
+        self.stop_after = stop_after
+        self.imported = self.failed = self.seen = 0
+        self.shown = False
+
+    def import_page(self, predictions: list[dict], failed: int, seen: int,
+                    cursor: int) -> tuple[int, int, int, int]:
+        if predictions:
+            self.ctx.api.import_predictions(self.project, predictions)
+        return len(predictions), failed, seen, cursor
+
+    def finish(self, page: tuple[int, int, int, int]) -> bool:
+        """Record an imported page; True when `stop_after` says to stop here."""
+        done, bad, seen, cursor = page
+        self.imported, self.failed, self.seen = (self.imported + done, self.failed + bad,
+                                                 self.seen + seen)
+        if done and not self.shown:
+            # Labelers see predictions of the project's model_version, which Label Studio
+            # accepts only once a prediction of that version exists.
+            self.ctx.api.update_project(self.project, model_version=self.version)
+            self.shown = True
+        self.cursor = cursor
+        self.ctx.queue.set_cursor(self.project, self.version, cursor)
+        _progress(stage="push-back", version=self.version, tasks_seen=self.seen,
+                  imported=self.imported, failed=self.failed, cursor=cursor)
+        return self.stop_after is not None and self.stop_after(self.seen)
+
+    def stopped(self) -> dict[str, Any]:
+        return {"status": "stopped", "imported": self.imported, "cursor": self.cursor}
 
 
 def push_back(project: int, context: Context | None = None,
@@ -189,28 +234,30 @@ def push_back(project: int, context: Context | None = None,
         if found is None:
             return {"status": "no champion"}
         detector, predictor, config, version = found
-        shown = False
-        cursor = ctx.queue.cursor(project, version)
-        imported = failed = seen = 0
-        while True:
-            tasks = ctx.api.tasks_after(project, cursor, ctx.settings.pushback_batch)
-            if not tasks:
-                break
-            lock.ensure()
-            done, bad = _predict_and_import(ctx, project, version, tasks, predictor, detector,
-                                            config)
-            imported, failed, seen = imported + done, failed + bad, seen + len(tasks)
-            if done and not shown:
-                # Labelers see predictions of the project's model_version, which Label
-                # Studio accepts only once a prediction of that version exists.
-                ctx.api.update_project(project, model_version=version)
-                shown = True
-            cursor = max(int(t["id"]) for t in tasks)
-            ctx.queue.set_cursor(project, version, cursor)
-            _progress(stage="push-back", version=version, tasks_seen=seen, imported=imported,
-                      failed=failed, cursor=cursor)
-            if stop_after is not None and stop_after(seen):
-                return {"status": "stopped", "imported": imported, "cursor": cursor}
+        walk = _PushBackWalk(ctx, project, version, stop_after)
+        # Three stages overlap: Label Studio lists the next page and imports the previous
+        # page's predictions while this page is predicted. The cursor moves only after a
+        # page's import, so a killed job resumes at the first page not imported.
+        with ThreadPoolExecutor(2, thread_name_prefix="pushback-io") as io:
+            batch = ctx.settings.pushback_batch
+            page = io.submit(ctx.api.tasks_after, project, walk.cursor, batch)
+            importing: Future | None = None
+            while True:
+                tasks = page.result()
+                if not tasks:
+                    break
+                page_cursor = max(int(t["id"]) for t in tasks)
+                page = io.submit(ctx.api.tasks_after, project, page_cursor, batch)
+                lock.ensure()
+                predictions, bad = _predictions(version, tasks, predictor, detector, config)
+                if importing is not None and walk.finish(importing.result()):
+                    page.cancel()
+                    return walk.stopped()
+                importing = io.submit(walk.import_page, predictions, bad, len(tasks),
+                                      page_cursor)
+            if importing is not None and walk.finish(importing.result()):
+                return walk.stopped()
+        shown, imported, failed = walk.shown, walk.imported, walk.failed
         if not shown and ctx.api.count_tasks_with_prediction(project, version):
             ctx.api.update_project(project, model_version=version)  # resumed after the import
         ctx.queue.clear_cursor(project, version)
