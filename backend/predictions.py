@@ -27,7 +27,6 @@ from backend.model.detector import Detections, Detector
 
 logger = logging.getLogger(__name__)
 
-CHUNK_TASKS = 16
 FETCH_THREADS = 8
 
 
@@ -133,8 +132,11 @@ class Predictor:
         """One item per task, in order."""
         deadline = time.monotonic() + self.options.time_budget
         items: list[dict] = [{} for _ in tasks]
-        chunks = [range(start, min(start + CHUNK_TASKS, len(tasks)))
-                  for start in range(0, len(tasks), CHUNK_TASKS)]
+        # One forward batch per chunk: while a chunk is inferred, the next one is fetched and
+        # decoded, so only the first chunk's download is not hidden behind the model.
+        size = max(1, self.options.batch_size)
+        chunks = [range(start, min(start + size, len(tasks)))
+                  for start in range(0, len(tasks), size)]
         for works in self._prefetched(tasks, config, chunks, deadline):
             over_budget = time.monotonic() > deadline
             for work in works:

@@ -109,8 +109,7 @@ class Detector:
 
         results: list[Detections] = []
         for start in range(0, len(images), batch_size):
-            batch = [pil_to_tensor(image).to(self.device, dtype=torch.float32).div_(255.0)
-                     for image in images[start:start + batch_size]]
+            batch = [pil_to_tensor(image) for image in images[start:start + batch_size]]
             with self._lock, torch.inference_mode():
                 outputs = self._forward(batch)
             for output in outputs:

@@ -31,12 +31,19 @@ RUNTIMES = ("auto", "onnxruntime", "torch")
 TOLERANCE = 1e-3
 OPSET = 17
 
+# uint8 CHW images in, torchvision detections (boxes in the images' pixels) out.
 Forward = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 
-def eager_forward(model: Any) -> Forward:
-    """The model's own forward (any torchvision detector, any device)."""
-    return model  # type: ignore[no-any-return]
+def eager_forward(model: Any, device: str) -> Forward:
+    """The model's own forward (any torchvision detector, any device) on uint8 images."""
+
+    def forward(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        floats = [image.to(device, dtype=torch.float32).div_(255.0) for image in images]
+        result: list[dict[str, torch.Tensor]] = model(floats)
+        return result
+
+    return forward
 
 
 def supports_onnx(model: Any) -> bool:
@@ -52,7 +59,7 @@ def choose_forward(model: Any, runtime: str, device: str, threads: int) -> tuple
     if runtime not in RUNTIMES:
         raise ModelError(f"INFERENCE_RUNTIME={runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime == "torch":
-        return eager_forward(model), "torch"
+        return eager_forward(model, device), "torch"
     why_not = _onnx_unavailable(model, device)
     if why_not is None:
         try:
@@ -63,7 +70,7 @@ def choose_forward(model: Any, runtime: str, device: str, threads: int) -> tuple
         raise ModelError(f"INFERENCE_RUNTIME=onnxruntime cannot be used: {why_not}; set "
                          "INFERENCE_RUNTIME=auto or torch")
     logger.info("inference runs on torch: %s", why_not)
-    return eager_forward(model), "torch"
+    return eager_forward(model, device), "torch"
 
 
 def _onnx_unavailable(model: Any, device: str) -> str | None:
@@ -100,6 +107,10 @@ class OnnxSSDForward:
         import onnxruntime as ort
 
         self.model = model
+        mean = torch.tensor(model.transform.image_mean)[:, None, None]
+        std = torch.tensor(model.transform.image_std)[:, None, None]
+        # (x / 255 - mean) / std as one multiply-add on the resized image
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
         self._core = _Core(model).eval()  # the exporter restores the mode it finds
         size = model.transform.fixed_size or (320, 320)
         sample = torch.rand((1, 3, *size), generator=torch.Generator().manual_seed(0))
@@ -137,10 +148,17 @@ class OnnxSSDForward:
                 "cls_logits": torch.from_numpy(logits)}
 
     def _check(self, sample: torch.Tensor) -> float:
+        """Largest difference from torch: in the prepared input of an odd-sized image, and in
+        the head outputs."""
+        generator = torch.Generator().manual_seed(1)
+        image = torch.randint(0, 256, (3, 237, 411), dtype=torch.uint8, generator=generator)
         with torch.inference_mode():
             regression, logits = self._core(sample)
+            expected = self.model.transform([image.float().div(255.0)])[0].tensors
+            prepared = self._prepare([image]).tensors
         ours = self._head(sample)
-        return max(float((ours["bbox_regression"] - regression).abs().max()),
+        return max(float((prepared - expected).abs().max()),
+                   float((ours["bbox_regression"] - regression).abs().max()),
                    float((ours["cls_logits"] - logits).abs().max()))
 
     def _anchors_for(self, image_list: Any) -> list[torch.Tensor]:
@@ -156,10 +174,27 @@ class OnnxSSDForward:
         anchors: torch.Tensor = self._anchors[shape]
         return [anchors] * len(image_list.image_sizes)
 
+    def _prepare(self, images: list[torch.Tensor]) -> Any:
+        """The model's transform, cheaper: resize the uint8 image's values first, then scale
+        and normalize the small result once. Resizing is linear, so this is the transform's
+        normalize-then-resize up to rounding (the check at load and the tests hold it to
+        torch's detections)."""
+        from torchvision.models.detection.image_list import ImageList
+
+        transform = self.model.transform
+        if transform.fixed_size is None:  # sizes vary per image: the transform's own way
+            return transform([image.float().div_(255.0) for image in images])[0]
+        height, width = transform.fixed_size[1], transform.fixed_size[0]
+        batch = torch.cat([torch.nn.functional.interpolate(
+            image[None].float(), size=[height, width], mode="bilinear", align_corners=False)
+            for image in images])
+        batch.mul_(self._scale).add_(self._shift)
+        return ImageList(batch, [(height, width)] * len(images))
+
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode():
             originals = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-            image_list, _ = self.model.transform(images)
+            image_list = self._prepare(images)
             head = self._head(image_list.tensors.contiguous())
             anchors = self._anchors_for(image_list)
             detections = self.model.postprocess_detections(head, anchors,
