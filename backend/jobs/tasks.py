@@ -7,6 +7,8 @@ any machine sharing the Redis and the registry can run it.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -36,6 +38,9 @@ from backend.settings import Settings
 logger = logging.getLogger(__name__)
 
 BUSY_RETRY_S = 30  # a job that finds its project busy comes back this much later
+# Images per forward in jobs: larger batches run ONNX Runtime about 20 % faster per image; no
+# labeler waits on a job, unlike on /predict (PREDICT_BATCH_SIZE)
+PUSHBACK_FORWARD_BATCH = 16
 
 
 class Context:
@@ -160,7 +165,30 @@ def _predict_and_import(ctx: Context, project: int, version: str, tasks: list[di
     return len(predictions), failed
 
 
-def _champion_predictor(ctx: Context, project: int) -> tuple[Any, Any, Any, str] | None:
+class StageClock:
+    """Seconds spent per stage, summed over threads (where a push-back's time went)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def timed(self, stage: str, call: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return call(*args)
+        finally:
+            self.add(stage, time.perf_counter() - started)
+
+    def rounded(self) -> dict[str, float]:
+        return {stage: round(value, 2) for stage, value in sorted(self.seconds.items())}
+
+
+def _champion_predictor(ctx: Context, project: int,
+                        clock: StageClock | None = None) -> tuple[Any, Any, Any, str] | None:
     champion = ctx.registry.champion(project)
     if champion is None:
         return None
@@ -172,8 +200,10 @@ def _champion_predictor(ctx: Context, project: int) -> tuple[Any, Any, Any, str]
     s = ctx.settings
     predictor = Predictor(ctx.fetcher, PredictOptions(
         score_threshold=s.score_threshold, max_boxes=s.max_boxes_per_image,
-        batch_size=s.predict_batch_size, time_budget=float(PREDICT_TIMEOUT_S),
-        show_uncalibrated=s.prelabel_uncalibrated == "show"))
+        batch_size=max(s.predict_batch_size, PUSHBACK_FORWARD_BATCH),
+        time_budget=float(PREDICT_TIMEOUT_S),
+        show_uncalibrated=s.prelabel_uncalibrated == "show"),
+        on_stage=clock.add if clock is not None else None)
     config = parse_label_config(ctx.api.project(project)["label_config"])
     return detector, predictor, config, version
 
@@ -182,8 +212,9 @@ class _PushBackWalk:
     """The state of one push-back pass: counts, the cursor, and what a finished page does."""
 
     def __init__(self, ctx: Context, project: int, version: str,
-                 stop_after: Callable[[int], bool] | None) -> None:
+                 stop_after: Callable[[int], bool] | None, clock: StageClock) -> None:
         self.ctx, self.project, self.version = ctx, project, version
+        self.clock = clock
         self.cursor = ctx.queue.cursor(project, version)
         self.stop_after = stop_after
         self.imported = self.failed = self.seen = 0
@@ -192,7 +223,8 @@ class _PushBackWalk:
     def import_page(self, predictions: list[dict], failed: int, seen: int,
                     cursor: int) -> tuple[int, int, int, int]:
         if predictions:
-            self.ctx.api.import_predictions(self.project, predictions)
+            self.clock.timed("import", self.ctx.api.import_predictions, self.project,
+                             predictions)
         return len(predictions), failed, seen, cursor
 
     def finish(self, page: tuple[int, int, int, int]) -> bool:
@@ -230,24 +262,27 @@ def push_back(project: int, context: Context | None = None,
     if lock is None:
         return {"status": "deferred", "reason": "the project's pre-labeling is busy"}
     try:
-        found = _champion_predictor(ctx, project)
+        clock = StageClock()
+        found = _champion_predictor(ctx, project, clock)
         if found is None:
             return {"status": "no champion"}
         detector, predictor, config, version = found
-        walk = _PushBackWalk(ctx, project, version, stop_after)
+        walk = _PushBackWalk(ctx, project, version, stop_after, clock)
         # Three stages overlap: Label Studio lists the next page and imports the previous
         # page's predictions while this page is predicted. The cursor moves only after a
         # page's import, so a killed job resumes at the first page not imported.
         with ThreadPoolExecutor(2, thread_name_prefix="pushback-io") as io:
             batch = ctx.settings.pushback_batch
-            page = io.submit(ctx.api.tasks_after, project, walk.cursor, batch)
+            page = io.submit(clock.timed, "list", ctx.api.tasks_after, project, walk.cursor,
+                             batch)
             importing: Future | None = None
             while True:
                 tasks = page.result()
                 if not tasks:
                     break
                 page_cursor = max(int(t["id"]) for t in tasks)
-                page = io.submit(ctx.api.tasks_after, project, page_cursor, batch)
+                page = io.submit(clock.timed, "list", ctx.api.tasks_after, project,
+                                 page_cursor, batch)
                 lock.ensure()
                 predictions, bad = _predictions(version, tasks, predictor, detector, config)
                 if importing is not None and walk.finish(importing.result()):
@@ -266,9 +301,10 @@ def push_back(project: int, context: Context | None = None,
             ctx.queue.set_pushback_done(project, version, total)
     finally:
         lock.__exit__()
-    logger.info("project %s: pushed %d predictions of %s (%d tasks failed)", project,
-                imported, version, failed)
-    return {"status": "done", "version": version, "imported": imported, "failed": failed}
+    logger.info("project %s: pushed %d predictions of %s (%d tasks failed); seconds per "
+                "stage: %s", project, imported, version, failed, clock.rounded())
+    return {"status": "done", "version": version, "imported": imported, "failed": failed,
+            "stage_seconds": clock.rounded()}
 
 
 def predict_new_tasks(project: int, task_ids: list[int],
