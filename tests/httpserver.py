@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class BackloggedHTTPServer(ThreadingHTTPServer):
+    """socketserver listens with a backlog of 5: a sixth concurrent client's SYN is dropped
+    and retried a second later, which looks like a 1 s stall of whoever fetches from it."""
+
+    request_queue_size = 128
+    daemon_threads = True
+
+
 @dataclass
 class Route:
     body: bytes = b""
@@ -55,8 +63,7 @@ class LoopbackServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = BackloggedHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._httpd.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -72,3 +79,21 @@ class LoopbackServer:
     def add(self, path: str, body: bytes = b"", **kwargs: object) -> str:
         self.routes[path] = Route(body, **kwargs)  # type: ignore[arg-type]
         return self.base + path
+
+
+def serve_folder(folder: str, port: int) -> None:
+    """Serve a folder's files on 127.0.0.1:port until killed (benchmarks' image server)."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    BackloggedHTTPServer(("127.0.0.1", port), partial(Quiet, directory=folder)).serve_forever()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_folder(sys.argv[1], int(sys.argv[2]))
