@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from backend.champions import ChampionServing, project_id
 from backend.connect import SECRET_HEADER
@@ -42,6 +42,7 @@ WEBHOOK_ACTIONS = frozenset({
     "TASKS_CREATED", "PROJECT_UPDATED",
 })
 UNAUTHENTICATED_ROUTES = frozenset({"/health"})
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 WEBHOOK_ROUTES = frozenset({"/webhook"})  # secret header or Basic auth
 ASSIGN_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "TASKS_CREATED"})
 TRAINING_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
@@ -50,7 +51,15 @@ TRAINING_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOT
 
 def _json_body() -> dict[str, Any]:
     """The request body as a JSON object, or BadRequest saying why not."""
-    raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    too_large = f"request body is over MAX_REQUEST_BYTES ({limit} bytes)"
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise RequestEntityTooLarge(too_large) from None
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # werkzeug ends a chunked body at the limit without a word: it is cut, not JSON.
+        raise RequestEntityTooLarge(too_large)
     try:
         body = json.loads(raw) if raw else None
     except (ValueError, RecursionError):
@@ -153,7 +162,10 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
     @app.after_request
     def count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        # Any token is a method to gunicorn: one label per invented method would grow the
+        # metrics without bound, unauthenticated.
+        method = request.method if request.method in HTTP_METHODS else "other"
+        metrics.requests.labels(route, method, str(response.status_code)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - g.get("started",
                                                                            time.perf_counter()))
         return response
@@ -273,6 +285,9 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
         project = _webhook_project(body)
         if project is None:
             raise BadRequest("webhook body needs `project` (an object with an id)")
+        tasks = body.get("tasks") or []
+        if action == "TASKS_CREATED" and not isinstance(tasks, list):
+            raise BadRequest("TASKS_CREATED webhook `tasks` must be a list of tasks")
         answer: dict[str, Any] = {"status": "accepted", "action": action, "project": project}
         try:
             jobs_ = queue()
@@ -283,7 +298,7 @@ def create_app(settings: Settings, *, holder: DetectorHolder | None = None,
                 job = jobs_.request_training(project, forced=action == "START_TRAINING")
                 answer["queued"] = job or "collapsed into the pending job"
             elif action == "TASKS_CREATED":
-                ids = [t["id"] for t in body.get("tasks") or []
+                ids = [t["id"] for t in tasks
                        if isinstance(t, dict) and isinstance(t.get("id"), int)]
                 answer["queued"] = jobs_.request_new_tasks(project, ids) if ids else None
         except RedisError as exc:

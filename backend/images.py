@@ -11,8 +11,11 @@ What `task.data` may hold, and where it is fetched from:
 - `data:image/...;base64,...`: decoded inline.
 
 Redirects are followed by hand, each hop checked against the allowed hosts, and the key is sent
-only to the Label Studio origin. Downloads are bounded in bytes and time, decoded images in
-pixels. Query strings (SAS signatures) never appear in messages.
+only to the Label Studio origin. Every connection, on every hop, goes through
+`backend/addresses.py`: whatever an allowed name resolves to, link-local and cloud metadata
+addresses are never connected to (checked on the address connected to, so DNS rebinding cannot
+slip past). Downloads are bounded in bytes and time, decoded images in pixels. Query strings
+(SAS signatures) never appear in messages.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ipaddress
 import logging
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from backend.addresses import CheckedAdapter
 from backend.errors import ImageError, LabelStudioAuthError
 from backend.labelstudio import LabelStudioAuth, origin
 from backend.settings import Settings
@@ -44,7 +50,10 @@ CHUNK_BYTES = 64 * 1024
 
 def redact_url(url: str) -> str:
     """The URL without its query string and credentials, safe for logs and error bodies."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[::1": nothing in it can be trusted to be safe to show
+        return "<malformed URL>"
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
@@ -57,10 +66,11 @@ def check_url(url: str) -> None:
     if "\\" in url or any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
         raise ImageError("image URL contains a backslash, whitespace or control character",
                          reason="bad_reference")
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        raise ImageError("image URLs with user:password@ are not fetched", reason="bad_reference")
     try:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            raise ImageError("image URLs with user:password@ are not fetched",
+                             reason="bad_reference")
         port = parts.port
         parsed = urllib3.util.parse_url(url)
     except ValueError:
@@ -69,6 +79,19 @@ def check_url(url: str) -> None:
     host = (parsed.host or "").strip("[]").lower()
     if host != (parts.hostname or "") or parsed.port != port:
         raise ImageError("image URL is ambiguous", reason="bad_reference")
+    if _is_odd_ipv4(host):
+        raise ImageError(f"image URL host {host!r} is an IPv4 address in decimal, octal or hex "
+                         "form; write it as a.b.c.d", reason="bad_reference")
+
+
+def _is_odd_ipv4(host: str) -> bool:
+    """Whether the C resolver reads `host` as an IPv4 address (`2852039166`, `0251.0.0.1`,
+    `0x7f.1`) that is not written in the canonical dotted form the allowlist compares."""
+    try:
+        packed = socket.inet_aton(host)
+    except OSError:
+        return False
+    return host != str(ipaddress.IPv4Address(packed))
 
 
 @dataclass(frozen=True)
@@ -133,7 +156,7 @@ class ImageFetcher:
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.trust_env = False  # no .netrc credentials or proxies from the environment
-        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32)
+        adapter = CheckedAdapter(pool_connections=8, pool_maxsize=32)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -149,20 +172,26 @@ class ImageFetcher:
     def resolve(self, value: object, task_id: int | None) -> str:
         """The URL to download for a `task.data` value (or the `data:` URI itself)."""
         if not isinstance(value, str) or not value.strip():
-            raise ImageError(f"image reference must be a non-empty string, got {value!r:.80}",
-                             reason="bad_reference")
+            # The type only: a value echoed back could carry a signed URL.
+            raise ImageError("image reference must be a non-empty string, got "
+                             f"{type(value).__name__}", reason="bad_reference")
         value = value.strip()
-        scheme = urlsplit(value).scheme.lower()
-        if scheme in ("http", "https", "data"):
-            return value
-        if value.startswith("/"):
-            return urljoin(self.auth.base_url + "/", value.lstrip("/"))
-        if scheme in CLOUD_SCHEMES:
-            if not isinstance(task_id, int):
-                raise ImageError(f"{scheme}:// images need the task id to be presigned by "
-                                 "Label Studio, and the task has none", reason="bad_reference")
-            fileuri = base64.urlsafe_b64encode(value.encode()).decode()
-            return f"{self.auth.base_url}/tasks/{task_id}/presign/?fileuri={fileuri}"
+        try:  # urlsplit refuses e.g. "http://[::1"; a lone surrogate cannot be encoded
+            scheme = urlsplit(value).scheme.lower()
+            if scheme in ("http", "https", "data"):
+                return value
+            if value.startswith("/"):
+                return urljoin(self.auth.base_url + "/", value.lstrip("/"))
+            if scheme in CLOUD_SCHEMES:
+                if not isinstance(task_id, int):
+                    raise ImageError(f"{scheme}:// images need the task id to be presigned by "
+                                     "Label Studio, and the task has none",
+                                     reason="bad_reference")
+                fileuri = base64.urlsafe_b64encode(value.encode()).decode()
+                return f"{self.auth.base_url}/tasks/{task_id}/presign/?fileuri={fileuri}"
+        except ValueError as exc:  # its message names the bad part, never the query string
+            raise ImageError(f"image reference is not a valid URL: {exc}",
+                             reason="bad_reference") from None
         raise ImageError(f"unsupported image reference {redact_url(value)!r}: expected an "
                          "http(s) URL, a Label Studio path or a cloud-storage URI",
                          reason="bad_reference")
@@ -198,7 +227,11 @@ class ImageFetcher:
             if response.is_redirect:
                 location = response.headers.get("Location", "")
                 response.close()
-                url = urljoin(url, location)
+                try:
+                    url = urljoin(url, location)
+                except ValueError:
+                    raise ImageError(f"{redact_url(url)} redirected to a malformed URL",
+                                     reason="bad_reference") from None
                 continue
             with response:
                 return self._read_body(response, url, deadline)
@@ -225,7 +258,8 @@ class ImageFetcher:
                                         timeout=(min(remaining, 5.0), remaining))
         except requests.Timeout:
             raise ImageError(f"timed out fetching {redact_url(url)}", reason="timeout") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, ValueError) as exc:
+            # ValueError: a host the IDNA codec refuses ("a..example.com"), met on connect.
             raise ImageError(f"could not fetch {redact_url(url)}: {type(exc).__name__}",
                              reason="fetch_failed") from None
         if response.status_code == 401 and with_key and self.auth.is_personal_access_token:

@@ -97,6 +97,9 @@ def parse_label_config(xml: str) -> LabelConfig:
         root = ElementTree.fromstring(xml)
     except (ElementTree.ParseError, DefusedXmlException) as exc:
         raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800") cannot reach the parser
+        raise LabelConfigError("label config is not valid XML: it contains an unpaired "
+                               "surrogate character") from None
 
     images: dict[str, str] = {}
     for tag in root.iter("Image"):

@@ -1,8 +1,19 @@
 """Where images come from: an Azure Blob container (any endpoint: Azure, Azurite, private).
 
-Browsers and the ML backend open each task through a read-only SAS URL with a TTL; the sync
-re-signs a task's URL well before it expires (`SYNC_SAS_TTL_HOURS`, re-signed when less than a
-third of it is left), so no task is left with a dead URL while the sync runs.
+Browsers and the ML backend open each task through a SAS URL with a TTL; the sync re-signs a
+task's URL well before it expires (`SYNC_SAS_TTL_HOURS`, re-signed when less than a third of it
+is left), so no task is left with a dead URL while the sync runs.
+
+Least privilege: each URL is a *blob* SAS (`sr=b`) for that one blob, read only (`sp=r`), HTTPS
+only when the endpoint is HTTPS (`spr=https`). The sync itself lists and reads through the
+service client's own credential; it never needs write, delete or list on a signed URL. The TTL
+(default 7 days) weighs a leaked URL (one image, readable until it expires; anyone who can see
+the task can already see the image) against two costs of a short one: every task is PATCHed in
+Label Studio once per two thirds of the TTL (118,000 tasks at 24 h would be about 2 PATCHes a
+second, for ever), and when the sync stops the first URLs die a third of a TTL later (2.3 days
+at 7 days: a weekend). 7 days is also the most a user delegation SAS may live. With
+AZURE_STORAGE_SAS the configured token itself goes into every task URL, so it must grant read
+and list only: anything more (write, delete, ...) is refused at start.
 """
 
 from __future__ import annotations
@@ -11,11 +22,25 @@ import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from sync.plan import BlobInfo
 
 DEFAULT_PATTERN = r"(?i)\.(jpe?g|png|bmp|gif|tiff?|webp)$"
+DELEGATION_KEY_LIFETIME = timedelta(days=7) - timedelta(minutes=10)  # Azure's limit: 7 days
+CLOCK_SKEW = timedelta(minutes=5)
+TASK_SAS_PERMISSIONS = frozenset("rl")  # what a configured token in task URLs may grant
+
+
+def check_task_sas(sas_token: str) -> None:
+    """Refuse a configured SAS token that grants more than read and list: it is put in every
+    task URL, where anyone who can open a task could use it."""
+    permissions = parse_qs(sas_token.lstrip("?")).get("sp", [""])[0]
+    extra = sorted(set(permissions) - TASK_SAS_PERMISSIONS)
+    if extra:
+        raise ValueError(f"AZURE_STORAGE_SAS grants {''.join(extra)!r} besides read and list "
+                         f"(sp={permissions}); it goes into every task URL, so give a token "
+                         "with read and list only (sp=rl)")
 
 
 def blob_service(connection_string: str = "", account_url: str = "", account_key: str = "",
@@ -54,6 +79,7 @@ class AzureBlobSource:
                  recursive: bool = True, pattern: str = DEFAULT_PATTERN,
                  sas_ttl: timedelta = timedelta(days=7), *, account_url: str = "",
                  account_key: str = "", sas_token: str = "") -> None:
+        check_task_sas(sas_token)
         self.service = blob_service(connection_string, account_url, account_key, sas_token)
         self.sas_token = sas_token.lstrip("?")
         self._delegation: tuple[Any, datetime] | None = None
@@ -83,11 +109,11 @@ class AzureBlobSource:
                                int(blob.size or 0))
 
     def url_for(self, name: str, now: datetime | None = None) -> tuple[str, float]:
-        """A read-only SAS URL for a blob and its expiry (epoch seconds).
+        """A read-only SAS URL for one blob and its expiry (epoch seconds).
 
         Signed with the account key, or with a user delegation key when logged in through
-        DefaultAzureCredential; with a configured SAS token, that token is used as it is (give
-        it read and list only) and never expires from our side.
+        DefaultAzureCredential (then it expires with the key, at most 7 days on); with a
+        configured SAS token, that token is used as it is and never expires from our side.
         """
         from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
@@ -98,18 +124,24 @@ class AzureBlobSource:
         expiry = now + self.sas_ttl
         signing: dict[str, Any] = {"account_key": self._key}
         if not self._key:
-            signing = {"user_delegation_key": self._delegation_key(now, expiry)}
+            key, key_expiry = self._delegation_key(now)
+            signing = {"user_delegation_key": key}
+            expiry = min(expiry, key_expiry)
         sas = generate_blob_sas(str(self.service.account_name), self.container_name, name,
                                 permission=BlobSasPermissions(read=True), expiry=expiry,
+                                protocol="https" if base.startswith("https:") else None,
                                 **signing)
         return f"{base}/{quote(name)}?{sas}", expiry.timestamp()
 
-    def _delegation_key(self, now: datetime, expiry: datetime) -> Any:
-        if self._delegation is None or self._delegation[1] < expiry:
-            valid_until = now + max(self.sas_ttl * 2, timedelta(days=1))
-            key = self.service.get_user_delegation_key(now - timedelta(minutes=5), valid_until)
+    def _delegation_key(self, now: datetime) -> tuple[Any, datetime]:
+        """A user delegation key and its expiry; a new one once URLs signed with the current
+        one would live less than two thirds of the TTL (they would be re-signed early)."""
+        wanted = now + min(self.sas_ttl, DELEGATION_KEY_LIFETIME) * 2 / 3
+        if self._delegation is None or self._delegation[1] < wanted:
+            valid_until = now + DELEGATION_KEY_LIFETIME
+            key = self.service.get_user_delegation_key(now - CLOCK_SKEW, valid_until)
             self._delegation = (key, valid_until)
-        return self._delegation[0]
+        return self._delegation
 
 
 class LocalDirSource:

@@ -142,7 +142,8 @@ def samples_from_tasks(tasks: Iterable[dict], config: LabelConfig, class_names: 
                 if not isinstance(value, dict) or not labels or not isinstance(labels, list):
                     report.skipped["malformed_region"] += 1
                     continue
-                if labels[0] not in index or labels[0] == BACKGROUND:
+                if not isinstance(labels[0], str) or labels[0] not in index \
+                        or labels[0] == BACKGROUND:
                     report.skipped["unknown_label"] += 1
                     continue
                 regions.append((value, index[labels[0]]))
