@@ -19,6 +19,9 @@ def configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # urllib3 logs full URLs at debug level, query strings (SAS signatures) included.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # The Azure SDK logs every request and response (about 20 lines per registry read).
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(
+        logging.WARNING)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> None:

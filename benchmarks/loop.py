@@ -240,12 +240,13 @@ def main() -> None:
                    "LOG_LEVEL": "warning"}
             backend = Backend({**env, "PORT": str(free_port())}, work / "backend.log").wait()
             backend.wait_model()
-            report["settings"] = {"WEB_WORKERS": 1, "WEB_THREADS": 4, "PUSHBACK_BATCH": 64,
+            report["settings"] = {"WEB_WORKERS": 1, "WEB_THREADS": 4,
                                   "INFERENCE_RUNTIME": "auto"}
             if not args.no_storm:
                 report["webhook_storm"] = storm_section(args, client, api, env, backend,
                                                         registry, redis_server.url, work)
             os.environ.update(env)
+            report["settings"]["PUSHBACK_BATCH"] = Settings.from_env().pushback_batch
             report.update(pushback_section(args, client, api, env, backend, registry,
                                            checkpoint, images))
         finally:
