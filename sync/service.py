@@ -1,5 +1,6 @@
 """`mlassist sync`: one pass, or `--watch` passes on an interval (SIGHUP: one now) until
-SIGTERM/SIGINT, which stop it after the current batch."""
+SIGTERM/SIGINT, which stop it after the current batch. A watching sync outlives outages of
+Label Studio and of the storage: a failed pass is logged and the next one tries again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from backend.errors import LabelStudioAuthError, MLAssistError, SettingsError
 from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
 from backend.settings import Settings
 from sync.importer import Importer
@@ -32,15 +34,11 @@ def build_importer(settings: Settings, project: int) -> Importer:
                                      account_key=settings.azure_storage_key,
                                      sas_token=settings.azure_storage_sas)
         except ValueError as exc:
-            from backend.errors import SettingsError
-
             raise SettingsError(str(exc)) from None
     elif settings.sync_local_dir and settings.sync_local_url_prefix:
         source = LocalDirSource(settings.sync_local_dir, settings.sync_local_url_prefix,
                                 settings.sync_recursive == "true", settings.sync_pattern)
     else:
-        from backend.errors import SettingsError
-
         raise SettingsError("mlassist sync needs SYNC_CONTAINER with "
                             "AZURE_STORAGE_CONNECTION_STRING or SYNC_ACCOUNT_URL, or "
                             "SYNC_LOCAL_DIR with SYNC_LOCAL_URL_PREFIX")
@@ -65,8 +63,7 @@ def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:
         signal.signal(sig, shutdown)
     signal.signal(signal.SIGHUP, lambda *_: now.set())  # on demand: a pass right away
     importer = build_importer(settings, project)
-    known = importer.load_state()
-    logger.info("project %s: %d blobs already imported", project, known)
+    loaded = False
     last: dict[str, Any] = {}
 
     def beat() -> None:
@@ -84,14 +81,33 @@ def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:
             bar.refresh()
             beat()
 
-        report = importer.run_pass(stop.is_set, progress)
-        bar.close()
-        last = report.to_dict()
+        try:
+            if not loaded:
+                known = importer.load_state()
+                logger.info("project %s: %d blobs already imported", project, known)
+                loaded = True
+            report = importer.run_pass(stop.is_set, progress)
+        except (SettingsError, LabelStudioAuthError):
+            raise  # a human has to fix these: trying again changes nothing
+        except Exception as exc:
+            if not watch:
+                raise
+            # Label Studio or the storage is down or failing: keep watching. An import whose
+            # answer was lost may still have been committed, so the next pass starts from
+            # what Label Studio holds, as a restarted sync would.
+            importer, loaded = build_importer(settings, project), False
+            logger.error("project %s: sync pass failed, next try in %d s: %s: %s", project,
+                         settings.sync_interval, type(exc).__name__, exc,
+                         exc_info=not isinstance(exc, MLAssistError))
+        else:
+            last = report.to_dict()
+            logger.info("project %s: listed %d, imported %d, updated %d, flagged missing %d, "
+                        "back %d, re-signed %d, skipped %d in %.1f s", project, report.listed,
+                        report.imported, report.updated, report.flagged_missing,
+                        report.returned, report.resigned, len(report.skipped), report.seconds)
+        finally:
+            bar.close()
         beat()
-        logger.info("project %s: listed %d, imported %d, updated %d, flagged missing %d, "
-                    "back %d, re-signed %d, skipped %d in %.1f s", project, report.listed,
-                    report.imported, report.updated, report.flagged_missing, report.returned,
-                    report.resigned, len(report.skipped), report.seconds)
         if not watch:
             return last
         now.wait(settings.sync_interval)

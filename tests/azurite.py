@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from backend.localstack import Process, free_port, wait_port
+from tests.labelstudio import kill_now
 
 # Azurite's published development account (not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -22,19 +23,40 @@ def azurite_binary() -> str | None:
 
 
 class Azurite:
-    """`azurite-blob` with its data in a temporary folder."""
+    """`azurite-blob` on a loopback port (a free one by default), its data under `location`."""
 
-    def __init__(self, binary: str, location: Path, log: Path) -> None:
-        self.port = free_port()
+    def __init__(self, binary: str, location: Path, log: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.location = location
+        self.log = log
+        self.port = port or free_port()
         self.connection_string = (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};")
         location.mkdir(parents=True, exist_ok=True)
-        self._process = Process(
-            [binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-             "--location", str(location), "--skipApiVersionCheck", "--loose",
-             "--disableTelemetry", "--silent"], os.environ, log)
-        wait_port(self.port, 30, self._process)
+        self._process = self._start()
+
+    def _start(self) -> Process:
+        process = Process(
+            [self.binary, "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+             "--location", str(self.location), "--skipApiVersionCheck", "--loose",
+             "--disableTelemetry", "--silent"], os.environ, self.log)
+        wait_port(self.port, 30, process)
+        return process
+
+    def running(self) -> bool:
+        return self._process.running()
 
     def stop(self) -> None:
+        """SIGTERM: Azurite saves its metadata (otherwise written every 5 s) and exits."""
         self._process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, not a shutdown) and wait until its port is closed."""
+        kill_now(self._process, self.port)
+
+    def restart(self) -> Azurite:
+        """Start again on the same port and data folder (after stop() or kill())."""
+        self._process.stop()
+        self._process = self._start()
+        return self

@@ -7,8 +7,12 @@ when missing. Label Studio itself comes from $MLASSIST_LS_VENV (scripts/bootstra
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
 from backend.localstack import Process, free_port, label_studio_env, wait_http
@@ -29,24 +33,56 @@ def ls_binary() -> Path | None:
 
 
 class LabelStudioServer:
-    """`label-studio start` on a free loopback port with its own data dir."""
+    """`label-studio start` on a loopback port (a free one by default) with its own data dir."""
 
-    def __init__(self, binary: Path, data_dir: Path, log: Path) -> None:
-        self.port = free_port()
+    def __init__(self, binary: Path, data_dir: Path, log: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
         self.log = log
-        env = label_studio_env(data_dir, ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN)
-        self._process = Process(
-            [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1",
-             "--port", str(self.port)], env, log)
+        self._process = self._start()
+
+    def _start(self) -> Process:
+        env = label_studio_env(self.data_dir, ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN)
+        return Process(
+            [str(self.binary), "start", "--no-browser", "--internal-host", "127.0.0.1",
+             "--port", str(self.port)], env, self.log)
 
     def wait(self, timeout: float) -> LabelStudioServer:
         wait_http(f"{self.url}/health", timeout, self._process)
         return self
 
+    def running(self) -> bool:
+        return self._process.running()
+
     def stop(self) -> None:
         self._process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, not a shutdown) and wait until its port is closed."""
+        kill_now(self._process, self.port)
+
+    def restart(self, timeout: float = 120.0) -> LabelStudioServer:
+        """Start again on the same port and data dir (after stop() or kill())."""
+        self._process.stop()
+        self._process = self._start()
+        return self.wait(timeout)
+
+
+def kill_now(process: Process, port: int, timeout: float = 30.0) -> None:
+    """SIGKILL `process`'s group, reap it, and wait until nothing listens on `port`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.process.pid, signal.SIGKILL)
+    process.process.wait(timeout)
+    process.stop()  # closes the log
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} still answers {timeout:g} s after SIGKILL")
 
 
 def migrated_template(binary: Path, cache: Path) -> Path:

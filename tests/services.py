@@ -13,6 +13,7 @@ import requests
 from backend.localstack import Process, free_port, wait_http
 from backend.model.architectures import build_untrained_model
 from backend.model.checkpoint import BACKGROUND, save_checkpoint
+from tests.labelstudio import kill_now
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,3 +61,7 @@ class Backend:
 
     def stop(self) -> None:
         self._process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL gunicorn and its workers at once (a crash) and wait until the port closes."""
+        kill_now(self._process, self.port)
