@@ -40,7 +40,7 @@ from backend.localstack import Process, free_port, wait_http  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.scenes import make_scene  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from benchmarks.report import emit, machine  # noqa: E402
+from benchmarks.report import emit, machine, stop_cleanly_on_sigterm  # noqa: E402
 from tests.labels import CONFIG, exported_tasks  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 from tests.redis_server import RedisServer, redis_binary  # noqa: E402
@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument("--no-storm", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     report: dict = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -42,7 +42,7 @@ from backend.model.detector import Detector, checkpoint_detector  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.model.training import train_round  # noqa: E402
 from backend.scenes import make_scene  # noqa: E402
-from benchmarks.report import emit, machine  # noqa: E402
+from benchmarks.report import emit, machine, stop_cleanly_on_sigterm  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.httpserver import LoopbackServer  # noqa: E402
 from tests.labels import CONFIG, FakeLabelStudio, exported_tasks  # noqa: E402
@@ -350,6 +350,7 @@ def main() -> None:
                         help="use this trained checkpoint instead of training one")
     parser.add_argument("--pictures", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     if args.time_runtime:  # a child process of runtimes()
         print(json.dumps(time_runtime(args.time_runtime, args.checkpoint, args.pictures,
                                       args.repeats)))

@@ -36,7 +36,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.scenes import SHAPES  # noqa: E402
-from benchmarks.report import emit, machine  # noqa: E402
+from benchmarks.report import emit, machine, stop_cleanly_on_sigterm  # noqa: E402
 from tests import media  # noqa: E402
 from tests.httpserver import LoopbackServer  # noqa: E402
 from tests.labels import CONFIG  # noqa: E402
@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     with tempfile.TemporaryDirectory() as tmp:
         report = {"machine": machine(),
                   **soak(args.minutes, args.rate, args.sample_s, Path(tmp))}

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.labelstudio import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from benchmarks.report import emit  # noqa: E402
+from benchmarks.report import emit, stop_cleanly_on_sigterm  # noqa: E402
 from sync.importer import Importer  # noqa: E402
 from sync.plan import BlobInfo, plan  # noqa: E402
 from sync.service import build_importer  # noqa: E402
@@ -305,6 +305,7 @@ def main() -> None:
                         help="skip the real-Azurite section and its Label Studio baseline")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    stop_cleanly_on_sigterm()
     report: dict = {"machine": {"python": platform.python_version(), "cpu": platform.machine(),
                                 "cores": os.cpu_count()}, "blobs": args.blobs,
                     "batch": args.batch}
