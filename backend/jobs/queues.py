@@ -122,13 +122,20 @@ class JobQueue:
                 "return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) else return 0 end")
 
     # One round trip for the common case of a webhook storm: is the pending job of this kind
-    # still waiting (queued, deferred, scheduled, or a young flag whose job is being
-    # enqueued)? Then keep its flag and collapse. Anything else goes the long way.
-    # KEYS: pending flag; ARGV: rq's job key prefix, PENDING_TTL_S, PENDING_GRACE_S.
+    # still waiting (queued and in its queue, deferred, scheduled, or a young flag whose job
+    # is being enqueued)? Then keep its flag and collapse. Anything else goes the long way.
+    # KEYS: pending flag; ARGV: rq's job key prefix, PENDING_TTL_S, PENDING_GRACE_S, rq's
+    # queue key prefix.
     _waiting = """
         local job_id = redis.call('get', KEYS[1])
         if not job_id then return 0 end
         local status = redis.call('hget', ARGV[1] .. job_id, 'status')
+        if status == 'queued' then
+            local origin = redis.call('hget', ARGV[1] .. job_id, 'origin')
+            if not origin or not redis.call('lpos', ARGV[4] .. origin, job_id) then
+                return 0
+            end
+        end
         if status == 'queued' or status == 'deferred' or status == 'scheduled' then
             redis.call('expire', KEYS[1], ARGV[2])
             return 1
@@ -141,7 +148,7 @@ class JobQueue:
         """True when a pending job of `kind` will still see this event (single flight)."""
         return bool(self.redis.eval(self._waiting, 1, key("pending", kind, project),
                                     Job.redis_job_namespace_prefix, str(PENDING_TTL_S),
-                                    str(PENDING_GRACE_S)))
+                                    str(PENDING_GRACE_S), Queue.redis_queue_namespace_prefix))
 
     def _get(self, name: str) -> bytes | None:
         return cast(bytes | None, self.redis.get(name))
@@ -163,12 +170,20 @@ class JobQueue:
         if job_id is None:
             return False
         try:
-            status = Job.fetch(job_id.decode(), connection=self.redis).get_status()
+            job = Job.fetch(job_id.decode(), connection=self.redis)
+            status = job.get_status()
         except Exception:  # noqa: BLE001 - not enqueued yet, or vanished
             status = None
-        if status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        if status == JobStatus.QUEUED and self.redis.lpos(
+                self.queue(job.origin).key, job.id) is None:
+            # Still "queued" in its hash, but no longer in its queue: a worker took it and
+            # died (or Redis restarted) before it started. RQ re-queues such a job only at
+            # its next maintenance, up to 10 min later; collapsing into it would swallow
+            # every event and reconciliation until then.
+            pass
+        elif status in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return True
-        if status is None:
+        elif status is None:
             # The flag is set just before its job is enqueued: a young flag without a job is
             # an enqueue in progress, not a stale flag.
             age = PENDING_TTL_S - int(cast(int, self.redis.ttl(key("pending", kind, project))))

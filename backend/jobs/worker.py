@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
+import time
 
+from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 from backend.jobs.queues import JobQueue, connect
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+RESTART_DELAYS_S = (1, 2, 4, 8, 15, 30)  # between restarts of a worker that quit on its own
+STEADY_S = 60  # a worker that ran this long before quitting restarts at the first delay
+
+
+class _Worker(Worker):
+    """RQ's worker that remembers whether a signal asked it to stop, and that can exit
+    after Redis restarted under it (so `run_worker` can start it again)."""
+
+    stop_asked = False
+
+    def handle_warm_shutdown_request(self) -> None:
+        self.stop_asked = True
+        super().handle_warm_shutdown_request()
+
+    def unsubscribe(self) -> None:
+        """RQ's unsubscribe, minus the re-subscription on reconnect.
+
+        After a Redis restart the UNSUBSCRIBE that RQ sends reconnects first, and redis-py
+        5.3's PubSub then re-subscribes inside the lock it already holds: the worker hung
+        for good at exit (redis/redis-py#3640) and never got to start again.
+        """
+        if self.pubsub_thread and self.pubsub.connection is not None:
+            self.pubsub.connection.deregister_connect_callback(self.pubsub.on_connect)
+        super().unsubscribe()
 
 
 def _reconcile_ticker(settings: Settings, stop: threading.Event) -> None:
@@ -39,9 +69,48 @@ def run_worker(settings: Settings, queues: list[str], burst: bool = False,
     if reconcile and not burst:
         threading.Thread(target=_reconcile_ticker, args=(settings, stop), daemon=True,
                          name="reconcile-ticker").start()
-    worker = Worker([Queue(name, connection=redis) for name in queues], connection=redis)
-    logger.info("worker %s on queues %s", worker.name, ", ".join(queues))
     try:
-        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
+        restarts = 0
+        while True:
+            worker = _Worker([Queue(name, connection=redis) for name in queues],
+                             connection=redis)
+            logger.info("worker %s on queues %s", worker.name, ", ".join(queues))
+            started = time.monotonic()
+            try:
+                worker.work(burst=burst, with_scheduler=True,
+                            logging_level=settings.log_level.upper())
+            except RedisError as exc:  # raised by its teardown while Redis is down
+                logger.warning("worker %s: Redis unreachable at exit: %s", worker.name, exc)
+            if burst or worker.stop_asked:
+                return
+            # RQ's loop quits on a Redis error anywhere but its dequeue, e.g. when Redis
+            # restarts while a job runs; a lost worker must not wait for a human.
+            restarts = 0 if time.monotonic() - started > STEADY_S else restarts + 1
+            delay = RESTART_DELAYS_S[min(restarts, len(RESTART_DELAYS_S) - 1)]
+            logger.warning("worker %s quit without being asked to; starting again in %d s, "
+                           "once Redis answers", worker.name, delay)
+            if not _wait_for_redis(redis, delay):
+                return
+            if worker.scheduler is not None:
+                # Its scheduler process is gone but its locks live on for 61 s, and RQ retries
+                # taking them only every 10 min: deferred jobs and retries would wait that long.
+                with contextlib.suppress(RedisError):
+                    worker.scheduler.release_locks()
     finally:
         stop.set()
+
+
+def _wait_for_redis(redis: Redis, delay: float) -> bool:
+    """Sleep `delay`, then until Redis answers; False if SIGINT/SIGTERM came meanwhile."""
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # RQ's handlers belong to the worker gone
+        signal.signal(sig, lambda *_: stopping.set())
+    if stopping.wait(delay):
+        return False
+    while True:
+        try:
+            redis.ping()
+            return True
+        except RedisError:
+            if stopping.wait(1.0):
+                return False
