@@ -42,7 +42,7 @@ from backend.model.detector import Detector, checkpoint_detector  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.model.training import train_round  # noqa: E402
 from backend.scenes import make_scene  # noqa: E402
-from benchmarks.report import emit, machine, stop_cleanly_on_sigterm  # noqa: E402
+from benchmarks.report import emit, machine, process_tree, rss_kb, stop_cleanly_on_sigterm  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.httpserver import LoopbackServer  # noqa: E402
 from tests.labels import CONFIG, FakeLabelStudio, exported_tasks  # noqa: E402
@@ -62,29 +62,9 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def process_tree(pid: int) -> list[int]:
-    """A process and its descendants (gunicorn master + workers), as /proc lists them."""
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        found.append(current)
-        pending.extend(int(child) for child in children)
-    return found
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a process tree, in MB."""
-    total = 0
-    for current in process_tree(pid):
-        with contextlib.suppress(OSError, StopIteration):
-            status = Path(f"/proc/{current}/status").read_text()
-            total += next(int(line.split()[1]) for line in status.splitlines()
-                          if line.startswith("VmRSS:"))
-    return round(total / 1024, 1)
+    return round(sum(rss_kb(current) for current in process_tree(pid)) / 1024, 1)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -36,7 +36,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.scenes import SHAPES  # noqa: E402
-from benchmarks.report import emit, machine, stop_cleanly_on_sigterm  # noqa: E402
+from benchmarks.report import emit, machine, process_tree, rss_kb, stop_cleanly_on_sigterm  # noqa: E402
 from tests import media  # noqa: E402
 from tests.httpserver import LoopbackServer  # noqa: E402
 from tests.labels import CONFIG  # noqa: E402
@@ -51,28 +51,6 @@ CYCLE = ("predict_1", "predict_4", "webhook", "predict_1", "predict_1", "webhook
          "predict_4", "predict_1")
 GROWTH_LIMIT = 0.05
 FD_SLACK = 4  # keep-alive connections of the client threads come and go
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and its descendants, as /proc lists them."""
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        found.append(current)
-        pending.extend(int(child) for child in children)
-    return found
-
-
-def rss_kb(pid: int) -> int:
-    with contextlib.suppress(OSError, StopIteration):
-        status = Path(f"/proc/{pid}/status").read_text()
-        return next(int(line.split()[1]) for line in status.splitlines()
-                    if line.startswith("VmRSS:"))
-    return 0
 
 
 def fd_count(pid: int) -> int:
