@@ -24,7 +24,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.boxes import to_region  # noqa: E402
+from backend.labelstudio.boxes import to_region  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
 from tests.labels import CONFIG  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402

@@ -28,12 +28,12 @@ from label_studio_sdk import LabelStudio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.images import LoadedImage  # noqa: E402
-from backend.localstack import upload_images  # noqa: E402
+from backend.demo.localstack import upload_images  # noqa: E402
+from backend.demo.scenes import SHAPES, make_scene  # noqa: E402
+from backend.media.images import LoadedImage  # noqa: E402
 from backend.model.detector import checkpoint_detector  # noqa: E402
 from backend.model.evaluation import ImagePrediction, ImageTruth, coco_metrics  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
-from backend.scenes import SHAPES, make_scene  # noqa: E402
 from benchmarks.report import emit  # noqa: E402
 from tests.labels import CONFIG, regions_of  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402

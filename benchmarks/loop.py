@@ -34,12 +34,12 @@ from redis import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.core.settings import Settings  # noqa: E402
+from backend.demo.localstack import Process, free_port, wait_http  # noqa: E402
+from backend.demo.scenes import make_scene  # noqa: E402
 from backend.jobs import tasks as jobtasks  # noqa: E402
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth  # noqa: E402
-from backend.localstack import Process, free_port, wait_http  # noqa: E402
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
-from backend.scenes import make_scene  # noqa: E402
-from backend.settings import Settings  # noqa: E402
 from benchmarks.report import emit, machine, stop_cleanly_on_sigterm  # noqa: E402
 from tests.labels import CONFIG, exported_tasks  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402

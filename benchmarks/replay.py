@@ -38,12 +38,12 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.boxes import from_region_value, to_region  # noqa: E402
-from backend.coco import import_coco, read_coco  # noqa: E402
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth  # noqa: E402
-from backend.localstack import Process, free_port  # noqa: E402
+from backend.demo.localstack import Process, free_port  # noqa: E402
+from backend.demo.scenes import make_scene  # noqa: E402
+from backend.labelstudio.boxes import from_region_value, to_region  # noqa: E402
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
-from backend.scenes import make_scene  # noqa: E402
+from backend.tools.coco_import import import_coco, read_coco  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 from tests.redis_server import RedisServer, redis_binary  # noqa: E402

@@ -36,12 +36,12 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.images import ImageFetcher, decode_image  # noqa: E402
-from backend.labelstudio import LabelStudioAuth  # noqa: E402
+from backend.demo.scenes import make_scene  # noqa: E402
+from backend.labelstudio.client import LabelStudioAuth  # noqa: E402
+from backend.media.images import ImageFetcher, decode_image  # noqa: E402
 from backend.model.detector import Detector, checkpoint_detector  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.model.training import train_round  # noqa: E402
-from backend.scenes import make_scene  # noqa: E402
 from benchmarks.report import emit, machine, process_tree, rss_kb, stop_cleanly_on_sigterm  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.httpserver import LoopbackServer  # noqa: E402

@@ -35,7 +35,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.scenes import SHAPES  # noqa: E402
+from backend.demo.scenes import SHAPES  # noqa: E402
 from benchmarks.report import emit, machine, process_tree, rss_kb, stop_cleanly_on_sigterm  # noqa: E402
 from tests import media  # noqa: E402
 from tests.httpserver import LoopbackServer  # noqa: E402

@@ -33,8 +33,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth  # noqa: E402
-from backend.settings import Settings  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from benchmarks.report import emit, stop_cleanly_on_sigterm  # noqa: E402
 from sync.importer import Importer  # noqa: E402
 from sync.plan import BlobInfo, plan  # noqa: E402

@@ -34,11 +34,11 @@ from torchvision.transforms.functional import pil_to_tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.images import LoadedImage  # noqa: E402
+from backend.demo.scenes import SHAPES, make_scene  # noqa: E402
+from backend.media.images import LoadedImage  # noqa: E402
 from backend.model.architectures import DEFAULT_ARCH, build_untrained_model  # noqa: E402
 from backend.model.dataset import Sample  # noqa: E402
 from backend.model.engine import DetectionDataset, TrainConfig, train_steps  # noqa: E402
-from backend.scenes import SHAPES, make_scene  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
 
 CLASS_NAMES = ["__background__", *SHAPES]

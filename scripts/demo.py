@@ -31,12 +31,12 @@ from urllib.parse import urlsplit
 import requests
 from label_studio_sdk import LabelStudio
 
-from backend.connect import connect_project
-from backend.errors import SettingsError
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
-from backend.localstack import Process, label_studio_env, wait_http
-from backend.scenes import LABEL_CONFIG, make_scene, scene_regions, seed_of, write_scenes
-from backend.settings import Settings
+from backend.core.errors import SettingsError
+from backend.core.settings import Settings
+from backend.demo.localstack import Process, label_studio_env, wait_http
+from backend.demo.scenes import LABEL_CONFIG, make_scene, scene_regions, seed_of, write_scenes
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
+from backend.labelstudio.connect import connect_project
 
 PROJECT_TITLE = "MLAssist demo"
 IMAGES_DIR = "demo-images"  # under $MLASSIST_HOME, which is Label Studio's local-files root
@@ -141,7 +141,9 @@ def blob_host(settings: Settings) -> str:
     return urlsplit(source.container.url).hostname or ""  # type: ignore[union-attr]
 
 
-def up(demo: Demo) -> int:
+def _demo_settings(demo: Demo) -> tuple[dict[str, str], Settings] | int:
+    """The backend's environment and settings, or the exit status after saying what is
+    wrong (1: a port is taken, 2: a configuration error)."""
     for port in (demo.ls_port, demo.backend_port, demo.redis_port):
         if port_busy(port):
             say(f"port {port} is already in use (an earlier run still up?); stop it or set "
@@ -157,7 +159,107 @@ def up(demo: Demo) -> int:
     except (SettingsError, ValueError) as exc:
         say(f"configuration error: {exc}")
         return 2
+    return env, settings
 
+
+def _start_services(demo: Demo, env: dict[str, str], processes: list[Process]) -> None:
+    """Redis, Label Studio, the backend and a worker, each waited for."""
+    redis_bin = Path(sys.executable).parent / "redis-server"
+    processes.append(Process([str(redis_bin), "--port", str(demo.redis_port),
+                              "--bind", "127.0.0.1", "--dir", str(demo.home),
+                              "--dbfilename", "redis.rdb", "--save", "60", "1"],
+                             os.environ, demo.logs / "redis.log"))
+    say(f"Redis is up on port {demo.redis_port}")
+
+    ls_venv = Path(demo.environ["MLASSIST_LS_VENV"])
+    ls_env = label_studio_env(demo.home / "label-studio", demo.user, demo.keys["password"],
+                              demo.keys["token"], files_root=demo.home)
+    first = not (demo.home / "label-studio").exists()
+    processes.append(Process([str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
+                              "--internal-host", "127.0.0.1", "--port", str(demo.ls_port)],
+                             ls_env, demo.logs / "label-studio.log"))
+    label = "starting Label Studio" + (" (first start migrates its database)" if first else "")
+    wait_http(f"{demo.ls_url}/health", 300, processes[-1], spinner(label))
+    end_spinner()
+    say(f"Label Studio is up at {demo.ls_url}")
+
+    processes.append(Process([sys.executable, "-m", "backend.cli", "serve"], env,
+                             demo.logs / "backend.log"))
+    wait_http(f"{demo.backend_url}/health", 120, processes[-1],
+              spinner("starting the ML backend"))
+    end_spinner()
+    say(f"ML backend is up at {demo.backend_url}")
+    processes.append(Process([sys.executable, "-m", "backend.cli", "worker"], env,
+                             demo.logs / "worker.log"))
+    say("worker started (training, pre-labels, reconciliation)")
+
+
+def _prepare_project(demo: Demo, settings: Settings, env: dict[str, str]) -> int:
+    """The demo project, connected, with its images where the sync finds them."""
+    client = demo.client()
+    project = demo.project_id()
+    if project is None:
+        project = int(client.projects.create(title=PROJECT_TITLE,  # type: ignore[arg-type]
+                                             label_config=LABEL_CONFIG).id)
+        say(f"created project {project} ({PROJECT_TITLE})")
+    api = LabelStudioAPI(LabelStudioAuth(demo.ls_url, demo.keys["token"]))
+    for change in connect_project(settings, api, project):
+        say(change)
+    if demo.azure():
+        say(f"syncing container {env['SYNC_CONTAINER']!r} (Azure variables are set)")
+        return project
+    count = int(demo.environ.get("DEMO_IMAGES", "60"))
+    folder = demo.home / IMAGES_DIR
+    write_scenes(folder, count)
+    if not any(s.get("path") == str(folder) for s in api.local_storages(project)):
+        # Grants Label Studio's /data/local-files/ access to the folder; our sync imports.
+        api.create_local_storage(project=project, path=str(folder), title="demo images",
+                                 use_blob_urls=True, regex_filter=r".*\.jpg")
+    say(f"syncing the demo folder {folder} ({count} generated images; drop more in)")
+    return project
+
+
+def _first_sync(demo: Demo, project: int, sync: Process) -> bool:
+    """Wait for the sync's first tasks; False when it imported nothing."""
+    client = demo.client()
+    tick = spinner("waiting for the first sync pass")
+    started = time.monotonic()
+    while not list(client.tasks.list(project=project, page_size=1)):
+        if not sync.running() or time.monotonic() - started > 300:
+            end_spinner()
+            say(f"the sync imported nothing; see {demo.logs / 'sync.log'}")
+            return False
+        tick(time.monotonic() - started)
+        time.sleep(0.5)
+    end_spinner()
+    return True
+
+
+def _welcome(demo: Demo, settings: Settings, project: int) -> None:
+    setup = requests.post(f"{demo.backend_url}/setup",
+                          auth=("mlassist", demo.keys["basic_pass"]),
+                          json={"project": str(project), "schema": LABEL_CONFIG},
+                          timeout=30).json()
+    say("")
+    say(f"Open {demo.ls_url}/projects/{project}/data  and log in as {demo.user} / "
+        f"{demo.keys['password']}")
+    say(f"Model {setup['model_version']}; labels it covers now: "
+        f"{setup.get('labels_covered') or 'none'}; not yet: "
+        f"{setup.get('labels_uncovered') or 'none'}")
+    say(f"Label {settings.train_min_labeled} images (or let `./scripts/up.sh label` do it "
+        "from another terminal): a worker trains a model, and if it is good enough, every "
+        "unlabeled image gets its boxes as pre-labels (about 3 minutes after the last label "
+        "on 2 CPU cores, training from scratch).")
+    say(f"Status: {demo.backend_url}/status?project={project}  (user mlassist / "
+        f"{demo.keys['basic_pass']})")
+    say(f"Logs: {demo.logs}   Ctrl-C stops everything.")
+
+
+def up(demo: Demo) -> int:
+    configured = _demo_settings(demo)
+    if isinstance(configured, int):
+        return configured
+    env, settings = configured
     processes: list[Process] = []
 
     def stop(*_: object, code: int = 0) -> None:
@@ -169,87 +271,14 @@ def up(demo: Demo) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     demo.logs.mkdir(exist_ok=True)
-
     try:
-        redis_bin = Path(sys.executable).parent / "redis-server"
-        processes.append(Process([str(redis_bin), "--port", str(demo.redis_port),
-                                  "--bind", "127.0.0.1", "--dir", str(demo.home),
-                                  "--dbfilename", "redis.rdb", "--save", "60", "1"],
-                                 os.environ, demo.logs / "redis.log"))
-        say(f"Redis is up on port {demo.redis_port}")
-
-        ls_venv = Path(demo.environ["MLASSIST_LS_VENV"])
-        ls_env = label_studio_env(demo.home / "label-studio", demo.user, demo.keys["password"],
-                                  demo.keys["token"], files_root=demo.home)
-        first = not (demo.home / "label-studio").exists()
-        processes.append(Process([str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
-                                  "--internal-host", "127.0.0.1", "--port", str(demo.ls_port)],
-                                 ls_env, demo.logs / "label-studio.log"))
-        label = "starting Label Studio" + (" (first start migrates its database)" if first else "")
-        wait_http(f"{demo.ls_url}/health", 300, processes[-1], spinner(label))
-        end_spinner()
-        say(f"Label Studio is up at {demo.ls_url}")
-
-        processes.append(Process([sys.executable, "-m", "backend.cli", "serve"], env,
-                                 demo.logs / "backend.log"))
-        wait_http(f"{demo.backend_url}/health", 120, processes[-1],
-                  spinner("starting the ML backend"))
-        end_spinner()
-        say(f"ML backend is up at {demo.backend_url}")
-        processes.append(Process([sys.executable, "-m", "backend.cli", "worker"], env,
-                                 demo.logs / "worker.log"))
-        say("worker started (training, pre-labels, reconciliation)")
-
-        client = demo.client()
-        project = demo.project_id()
-        if project is None:
-            project = int(client.projects.create(title=PROJECT_TITLE,  # type: ignore[arg-type]
-                                                 label_config=LABEL_CONFIG).id)
-            say(f"created project {project} ({PROJECT_TITLE})")
-        api = LabelStudioAPI(LabelStudioAuth(demo.ls_url, demo.keys["token"]))
-        for change in connect_project(settings, api, project):
-            say(change)
-        if demo.azure():
-            say(f"syncing container {env['SYNC_CONTAINER']!r} (Azure variables are set)")
-        else:
-            count = int(demo.environ.get("DEMO_IMAGES", "60"))
-            folder = demo.home / IMAGES_DIR
-            write_scenes(folder, count)
-            if not any(s.get("path") == str(folder) for s in api.local_storages(project)):
-                # Grants Label Studio's /data/local-files/ access to the folder; our sync imports.
-                api.create_local_storage(project=project, path=str(folder), title="demo images",
-                                         use_blob_urls=True, regex_filter=r".*\.jpg")
-            say(f"syncing the demo folder {folder} ({count} generated images; drop more in)")
+        _start_services(demo, env, processes)
+        project = _prepare_project(demo, settings, env)
         processes.append(Process([sys.executable, "-m", "backend.cli", "sync", "--project",
                                   str(project), "--watch"], env, demo.logs / "sync.log"))
-        tick = spinner("waiting for the first sync pass")
-        started = time.monotonic()
-        while not list(client.tasks.list(project=project, page_size=1)):
-            if not processes[-1].running() or time.monotonic() - started > 300:
-                end_spinner()
-                say(f"the sync imported nothing; see {demo.logs / 'sync.log'}")
-                stop(code=1)
-            tick(time.monotonic() - started)
-            time.sleep(0.5)
-        end_spinner()
-        setup = requests.post(f"{demo.backend_url}/setup",
-                              auth=("mlassist", demo.keys["basic_pass"]),
-                              json={"project": str(project), "schema": LABEL_CONFIG},
-                              timeout=30).json()
-
-        say("")
-        say(f"Open {demo.ls_url}/projects/{project}/data  and log in as {demo.user} / "
-            f"{demo.keys['password']}")
-        say(f"Model {setup['model_version']}; labels it covers now: "
-            f"{setup.get('labels_covered') or 'none'}; not yet: "
-            f"{setup.get('labels_uncovered') or 'none'}")
-        say(f"Label {settings.train_min_labeled} images (or let `./scripts/up.sh label` do it "
-            "from another terminal): a worker trains a model, and if it is good enough, every "
-            "unlabeled image gets its boxes as pre-labels (about 3 minutes after the last label "
-            "on 2 CPU cores, training from scratch).")
-        say(f"Status: {demo.backend_url}/status?project={project}  (user mlassist / "
-            f"{demo.keys['basic_pass']})")
-        say(f"Logs: {demo.logs}   Ctrl-C stops everything.")
+        if not _first_sync(demo, project, processes[-1]):
+            stop(code=1)
+        _welcome(demo, settings, project)
     except Exception as exc:  # noqa: BLE001 - whatever failed, stop what was started
         end_spinner()
         say(f"start-up failed: {exc}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from backend.settings import settings_markdown
+from backend.core.settings import settings_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLE = re.compile(r"^\| variable \| default \| meaning \|\n(?:^\|.*\|\n)+", re.MULTILINE)

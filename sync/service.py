@@ -12,9 +12,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from backend.errors import LabelStudioAuthError, MLAssistError, SettingsError
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
-from backend.settings import Settings
+from backend.core.errors import LabelStudioAuthError, MLAssistError, SettingsError
+from backend.core.settings import Settings
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
 from sync.importer import Importer
 from sync.sources import AzureBlobSource, LocalDirSource
 

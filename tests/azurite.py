@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from backend.localstack import Process, free_port, wait_port
+from backend.demo.localstack import Process, free_port, wait_port
 from tests.labelstudio import kill_now
 
 # Azurite's published development account (not a secret).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings
+from backend.core.settings import Settings
 from tests.azurite import Azurite, azurite_binary
 from tests.httpserver import LoopbackServer
 from tests.redis_server import RedisServer, redis_binary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
-from backend.scenes import LABEL_CONFIG, Scene, make_scene, scene_regions
+from backend.demo.scenes import LABEL_CONFIG, Scene, make_scene, scene_regions
 
 CONFIG = LABEL_CONFIG
 regions_of = scene_regions

@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from backend.localstack import Process, free_port, label_studio_env, wait_http
+from backend.demo.localstack import Process, free_port, label_studio_env, wait_http
 
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "mlassist-admin-pass"  # noqa: S105 - throwaway test server

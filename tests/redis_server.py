@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from backend.localstack import Process, free_port, wait_port
+from backend.demo.localstack import Process, free_port, wait_port
 
 
 def redis_binary() -> str | None:

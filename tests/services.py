@@ -10,7 +10,7 @@ from pathlib import Path
 
 import requests
 
-from backend.localstack import Process, free_port, wait_http
+from backend.demo.localstack import Process, free_port, wait_http
 from backend.model.architectures import build_untrained_model
 from backend.model.checkpoint import BACKGROUND, save_checkpoint
 from tests.labelstudio import kill_now

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from backend.app import create_app
+from backend.http.app import create_app
 from tests import media
 from tests.conftest import make_settings
 from tests.fakes import FixedDetector, holder_for

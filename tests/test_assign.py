@@ -13,8 +13,8 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from backend.assign import TaskState, decode, encode, plan
-from backend.localstack import Process, free_port
+from backend.demo.localstack import Process, free_port
+from backend.tools.assign import TaskState, decode, encode, plan
 from tests.labels import CONFIG
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer
 from tests.redis_server import RedisServer

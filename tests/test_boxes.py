@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from backend.boxes import clip_box, from_region_value, task_score, to_region
+from backend.labelstudio.boxes import clip_box, from_region_value, task_score, to_region
 
 
 def test_pixel_box_to_percent_region() -> None:

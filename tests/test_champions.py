@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from backend import champions
-from backend.app import create_app
+from backend.serving import champions
+from backend.http.app import create_app
 from backend.model.architectures import build_untrained_model
 from backend.model.checkpoint import save_checkpoint
 from backend.model.registry import LocalStore, Registry

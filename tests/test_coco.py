@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from label_studio_sdk import LabelStudio
 
-from backend.coco import CocoError, import_coco, read_coco, region_provenance
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
-from backend.localstack import upload_images
-from backend.scenes import make_scene
+from backend.demo.localstack import upload_images
+from backend.demo.scenes import make_scene
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
+from backend.tools.coco_export import CocoError
+from backend.tools.coco_import import import_coco, read_coco
+from backend.tools.provenance import region_provenance
 from tests.labels import CONFIG, regions_of
 from tests.labelstudio import ADMIN_EMAIL, ADMIN_TOKEN, LabelStudioServer
 from tests.services import mlassist_bin
@@ -238,7 +240,7 @@ def test_provenance_without_editor_origins() -> None:
 
 
 def test_file_names_that_leave_the_folder_are_refused_or_made_safe() -> None:
-    from backend.coco import _file_name, safe_name
+    from backend.tools.coco_export import _file_name, safe_name
 
     for bad in ("../../etc/passwd", "/etc/passwd", "a/../../b.jpg", "a\\..\\b.jpg", "", "a//b",
                 None, 3):

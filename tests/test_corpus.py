@@ -19,9 +19,9 @@ import pytest
 import requests
 from PIL import Image
 
-from backend.images import LoadedImage
-from backend.label_config import parse_label_config
-from backend.localstack import descendants
+from backend.demo.localstack import descendants
+from backend.labelstudio.label_config import parse_label_config
+from backend.media.images import LoadedImage
 from backend.model.checkpoint import BACKGROUND
 from backend.model.dataset import DatasetReport, resolve_boxes, samples_from_tasks
 from tests import media, reliability

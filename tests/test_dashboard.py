@@ -16,10 +16,10 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from backend.dashboard import task_outcome
-from backend.localstack import free_port, upload_images
+from backend.demo.localstack import free_port, upload_images
+from backend.demo.scenes import make_scene
 from backend.model.registry import LocalStore, Registry
-from backend.scenes import make_scene
+from backend.tools.dashboard import task_outcome
 from tests.conftest import require
 from tests.labels import CONFIG, regions_of
 from tests.labelstudio import ADMIN_EMAIL, ADMIN_TOKEN, LabelStudioServer

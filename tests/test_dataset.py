@@ -3,9 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.boxes import to_region
-from backend.images import LoadedImage
-from backend.label_config import parse_label_config
+from backend.demo.scenes import make_scene
+from backend.labelstudio.boxes import to_region
+from backend.labelstudio.label_config import parse_label_config
+from backend.media.images import LoadedImage
 from backend.model.dataset import (
     DatasetReport,
     Sample,
@@ -17,7 +18,6 @@ from backend.model.dataset import (
     samples_from_tasks,
     split_rank,
 )
-from backend.scenes import make_scene
 
 CONFIG = parse_label_config(
     '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from label_studio_sdk import LabelStudio
 
-from backend.localstack import Process, descendants, free_port
+from backend.demo.localstack import Process, descendants, free_port
 from backend.model.registry import LocalStore, Registry
 from tests.conftest import require
 from tests.labelstudio import ls_binary
@@ -126,7 +126,7 @@ def _demo_module():
 
 def test_azure_variables_switch_the_demo_from_its_folder_to_the_container(
         tmp_path: Path) -> None:
-    from backend.settings import Settings
+    from backend.core.settings import Settings
     from tests.azurite import ACCOUNT, KEY
 
     demo = _demo_module()

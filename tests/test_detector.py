@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.errors import ModelError
-from backend.label_config import coverage, parse_label_config
+from backend.core.errors import ModelError
+from backend.demo.scenes import make_scene
+from backend.labelstudio.label_config import coverage, parse_label_config
 from backend.model.architectures import build_untrained_model, coco_weights_path
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.detector import ModelSpec, load_detector
-from backend.scenes import make_scene
 from tests.conftest import make_settings
 
 ARCH = "ssdlite320_mobilenet_v3_large"

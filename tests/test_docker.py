@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend.settings import Settings
+from backend.core.settings import Settings
 from tests.conftest import require
 from tests.services import mlassist_bin
 

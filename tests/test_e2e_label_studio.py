@@ -11,10 +11,10 @@ import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from backend.errors import ImageError
-from backend.images import ImageFetcher
-from backend.labelstudio import LabelStudioAuth
-from backend.localstack import upload_images
+from backend.core.errors import ImageError
+from backend.demo.localstack import upload_images
+from backend.labelstudio.client import LabelStudioAuth
+from backend.media.images import ImageFetcher
 from tests import media
 from tests.httpserver import LoopbackServer
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer

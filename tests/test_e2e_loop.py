@@ -20,11 +20,11 @@ import pytest
 import requests
 from label_studio_sdk import LabelStudio
 
-from backend.boxes import from_region_value
-from backend.localstack import Process, free_port, upload_images
+from backend.demo.localstack import Process, free_port, upload_images
+from backend.demo.scenes import SHAPES, make_scene
+from backend.labelstudio.boxes import from_region_value
 from backend.model.evaluation import ImagePrediction, ImageTruth, match_detections
 from backend.model.registry import AzureBlobStore, LocalStore, Registry
-from backend.scenes import SHAPES, make_scene
 from tests.labels import CONFIG, regions_of
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer
 from tests.redis_server import RedisServer

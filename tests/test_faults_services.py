@@ -23,10 +23,10 @@ from azure.storage.blob import BlobServiceClient, ExponentialRetry
 from label_studio_sdk import LabelStudio
 from redis import Redis
 
-from backend.errors import LabelStudioError
+from backend.core.errors import LabelStudioError
+from backend.demo.localstack import Process, free_port
 from backend.jobs import tasks as jobtasks
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
-from backend.localstack import Process, free_port
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
 from backend.model.registry import open_registry
 from sync.importer import KEY_FIELD, Importer
 from sync.sources import AzureBlobSource

@@ -1,4 +1,4 @@
-"""A fuzz run of the HTTP endpoints: schemathesis generates requests from backend/openapi.yaml,
+"""A fuzz run of the HTTP endpoints: schemathesis generates requests from backend/http/openapi.yaml,
 valid and invalid ones, and sends them to the real Flask app (a fixed detector, a real Redis,
 Label Studio unreachable). No request may get a 5xx but the documented 502 of the routes that
 need Label Studio, every error is JSON with an `error`, and every answer matches the spec."""
@@ -22,11 +22,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from backend.app import create_app
+from backend.http.app import create_app
 from tests.conftest import make_settings
 from tests.fakes import FixedDetector, holder_for
 
-OPENAPI = Path(__file__).resolve().parents[1] / "backend" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parents[1] / "backend" / "http" / "openapi.yaml"
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"fuzz:fuzz-pass").decode()}
 NEEDS_LABEL_STUDIO = {"/status", "/dashboard"}  # 502 when Label Studio cannot be reached
 EXAMPLES_PER_OPERATION = 150

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from backend.localstack import Process, free_port
+from backend.demo.localstack import Process, free_port
 from tests.redis_server import RedisServer
 from tests.services import mlassist_bin
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from backend.errors import ImageError
-from backend.images import HostPattern, ImageFetcher, decode_image, redact_url
-from backend.labelstudio import LabelStudioAuth
+from backend.core.errors import ImageError
+from backend.labelstudio.client import LabelStudioAuth
+from backend.media.images import HostPattern, ImageFetcher, decode_image, redact_url
 from tests import media
 from tests.httpserver import LoopbackServer
 

@@ -15,7 +15,7 @@ import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from backend.app import create_app
+from backend.http.app import create_app
 from backend.jobs import queues as jobqueues
 from backend.jobs import tasks as jobtasks
 from backend.jobs.policy import next_training_at, training_due

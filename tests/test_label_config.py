@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.errors import LabelConfigError
-from backend.label_config import coverage, map_classes, parse_label_config
+from backend.core.errors import LabelConfigError
+from backend.labelstudio.label_config import coverage, map_classes, parse_label_config
 
 TWO_PAIRS = """
 <View>

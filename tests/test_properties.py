@@ -9,9 +9,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from backend.boxes import MIN_BOX_PIXELS, clip_box, from_region_value, task_score, to_region
-from backend.errors import LabelConfigError
-from backend.label_config import LabelConfig, map_classes, parse_label_config
+from backend.core.errors import LabelConfigError
+from backend.labelstudio.boxes import (
+    MIN_BOX_PIXELS,
+    clip_box,
+    from_region_value,
+    task_score,
+    to_region,
+)
+from backend.labelstudio.label_config import LabelConfig, map_classes, parse_label_config
 from sync.plan import BlobInfo, Imported, Plan, plan
 
 FAST = settings(max_examples=200, deadline=1000, database=None, derandomize=True,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from backend.errors import ModelError
+from backend.core.errors import ModelError
+from backend.demo.scenes import make_scene
 from backend.model import runtime
 from backend.model.architectures import build_untrained_model
 from backend.model.detector import Detector
-from backend.scenes import make_scene
 
 SSD = "ssdlite320_mobilenet_v3_large"
 

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from backend.errors import SettingsError
-from backend.settings import Settings, settings_markdown
+from backend.core.errors import SettingsError
+from backend.core.settings import Settings, settings_markdown
 from tests.conftest import BASE_ENV, make_settings
 
 

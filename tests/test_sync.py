@@ -15,8 +15,8 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from label_studio_sdk import LabelStudio
 
-from backend.images import ImageFetcher
-from backend.labelstudio import LabelStudioAPI, LabelStudioAuth
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
+from backend.media.images import ImageFetcher
 from sync.importer import KEY_FIELD, MISSING_FIELD, Importer
 from sync.sources import AzureBlobSource
 from tests import media

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.errors import NotEnoughLabels
-from backend.images import ImageFetcher
-from backend.labelstudio import LabelStudioAuth
+from backend.core.errors import NotEnoughLabels
+from backend.demo.scenes import make_scene
+from backend.labelstudio.client import LabelStudioAuth
+from backend.media.images import ImageFetcher
 from backend.model.detector import checkpoint_detector
 from backend.model.registry import LocalStore, Registry
 from backend.model.training import train_round
-from backend.scenes import make_scene
 from tests.conftest import make_settings
 from tests.labels import FakeLabelStudio, exported_tasks
 

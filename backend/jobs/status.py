@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.core.settings import Settings
 from backend.jobs.policy import next_training_at
 from backend.jobs.queues import JobQueue
-from backend.labelstudio import LabelStudioAPI
+from backend.labelstudio.client import LabelStudioAPI
 from backend.model.registry import Registry
-from backend.settings import Settings
 
 
 def _brief(record: dict[str, Any] | None) -> dict[str, Any] | None:

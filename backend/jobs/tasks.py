@@ -15,8 +15,8 @@ from typing import Any
 
 from rq import get_current_job
 
-from backend.errors import NotEnoughLabels
-from backend.images import ImageFetcher
+from backend.core.errors import NotEnoughLabels
+from backend.core.settings import Settings
 from backend.jobs.policy import training_due
 from backend.jobs.queues import (
     HOUSEKEEPING_QUEUE,
@@ -29,11 +29,11 @@ from backend.jobs.queues import (
     ProjectLock,
     connect,
 )
-from backend.label_config import parse_label_config
-from backend.labelstudio import LabelStudioAPI
+from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.label_config import parse_label_config
+from backend.media.images import ImageFetcher
 from backend.model.registry import Registry, open_registry
-from backend.predictions import PredictOptions, Predictor
-from backend.settings import Settings
+from backend.serving.predictions import PredictOptions, Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def predict_new_tasks(project: int, task_ids: list[int],
 
 def top_up_assignments(project: int, context: Context | None = None) -> dict[str, Any]:
     """Refill each labeler's batch (`mlassist assign`) after labels or new tasks."""
-    from backend.assign import top_up
+    from backend.tools.assign import top_up
 
     ctx = context or Context(Settings.from_env())
     lock = _acquire(ctx, "assign", project, f"assign:{project}",

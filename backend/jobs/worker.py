@@ -12,8 +12,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
+from backend.core.settings import Settings
 from backend.jobs.queues import JobQueue, connect
-from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 

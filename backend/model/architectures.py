@@ -8,71 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.errors import ModelError
+from backend.core.catalogue import ARCHITECTURES, DEFAULT_ARCH, get_architecture
+from backend.core.errors import ModelError
+
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "get_architecture"]  # the catalogue, for callers here
 
 if TYPE_CHECKING:
     from torch import nn
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ARCH = "ssdlite320_mobilenet_v3_large"
 UNTRAINED_SEED = 0
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """A torchvision detection builder and the name of its COCO weights enum."""
-
-    name: str
-    weights_enum: str
-    coco_file: str  # basename of torchvision's COCO weights URL (a test checks it)
-    note: str
-
-    def builder(self) -> Any:
-        from torchvision.models import detection
-
-        return getattr(detection, self.name)
-
-    def coco_weights(self) -> Any:
-        from torchvision.models import detection
-
-        return getattr(detection, self.weights_enum).COCO_V1
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        Architecture("ssdlite320_mobilenet_v3_large", "SSDLite320_MobileNet_V3_Large_Weights",
-                     "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
-                     "default: ~55 ms/image and trainable on a 2-core CPU"),
-        Architecture("fasterrcnn_mobilenet_v3_large_320_fpn",
-                     "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights",
-                     "fasterrcnn_mobilenet_v3_large_320_fpn-907ea3f9.pth",
-                     "~120 ms/image on CPU; fine-tune from COCO weights, not from scratch"),
-        Architecture("fasterrcnn_mobilenet_v3_large_fpn",
-                     "FasterRCNN_MobileNet_V3_Large_FPN_Weights",
-                     "fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
-                     "800 px input; GPU training"),
-        Architecture("fasterrcnn_resnet50_fpn_v2", "FasterRCNN_ResNet50_FPN_V2_Weights",
-                     "fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth", "accurate, GPU"),
-        Architecture("retinanet_resnet50_fpn_v2", "RetinaNet_ResNet50_FPN_V2_Weights",
-                     "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth", "accurate, GPU"),
-        Architecture("fcos_resnet50_fpn", "FCOS_ResNet50_FPN_Weights",
-                     "fcos_resnet50_fpn_coco-99b0c9b7.pth", "accurate, GPU"),
-    )
-}
-
-
-def get_architecture(name: str) -> Architecture:
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        raise ModelError(f"unknown MODEL_ARCH {name!r}; choose one of "
-                         f"{', '.join(sorted(ARCHITECTURES))}") from None
 
 
 def coco_class_names(arch: str) -> list[str]:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.errors import ModelError
-from backend.files import atomic_file
+from backend.core.errors import ModelError
+from backend.core.files import atomic_file
 
 FORMAT = 1
 BACKGROUND = "__background__"

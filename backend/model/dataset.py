@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.boxes import from_region_value
-from backend.errors import ImageError
-from backend.images import ImageFetcher, LoadedImage, decode_image
-from backend.label_config import LabelConfig
+from backend.core.errors import ImageError
+from backend.labelstudio.boxes import from_region_value
+from backend.labelstudio.label_config import LabelConfig
+from backend.media.images import ImageFetcher, LoadedImage, decode_image
 from backend.model.checkpoint import BACKGROUND
 
 logger = logging.getLogger(__name__)

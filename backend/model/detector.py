@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.errors import ModelError
+from backend.core.errors import ModelError
 from backend.model.architectures import (
     build_coco_model,
     build_untrained_model,
@@ -28,7 +28,7 @@ from backend.model.checkpoint import file_digest, load_checkpoint
 if TYPE_CHECKING:
     from PIL import Image
 
-    from backend.settings import Settings
+    from backend.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

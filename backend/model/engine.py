@@ -22,7 +22,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
-from backend.images import LoadedImage
+from backend.media.images import LoadedImage
 from backend.model.dataset import Sample
 from backend.model.evaluation import ImagePrediction, ImageTruth
 

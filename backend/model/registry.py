@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from backend.errors import MLAssistError
-from backend.files import atomic_file
+from backend.core.errors import MLAssistError
+from backend.core.files import atomic_file
 
 if TYPE_CHECKING:
-    from backend.settings import Settings
+    from backend.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from backend.errors import ModelError
+from backend.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 

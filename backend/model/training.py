@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from backend.errors import NotEnoughLabels
-from backend.images import ImageFetcher
-from backend.label_config import parse_label_config
-from backend.labelstudio import LabelStudioAPI
+from backend.core.errors import NotEnoughLabels
+from backend.core.settings import Settings
+from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.label_config import parse_label_config
+from backend.media.images import ImageFetcher
 from backend.model.architectures import build_coco_model, build_model, coco_weights_path
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.dataset import (
@@ -52,7 +53,6 @@ from backend.model.evaluation import (
     precision_recall_at,
 )
 from backend.model.registry import Registry, promotion_decision
-from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,20 @@ def calibrate(truths: list[ImageTruth], predictions: list[ImagePrediction],
     return thresholds, calibration
 
 
+def _champion_metrics(registry: Registry, project: int, champion: dict | None,
+                      images: list, truths: list, class_names: list[str],
+                      device: str) -> Metrics | None:
+    """The champion's metrics on this round's held-out images (None without a champion)."""
+    if champion is None or not champion.get("checkpoint"):
+        return None
+    from backend.model.detector import load_detector_model
+
+    old_model, old_names, _ = load_detector_model(
+        registry.checkpoint_path(project, champion["version"]))
+    old_predictions = _remap(predict(old_model, images, device), old_names, class_names)
+    return coco_metrics(truths, old_predictions, class_names)
+
+
 def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: ImageFetcher,
                 registry: Registry, *, steps: int | None = None, device: str = "cpu",
                 progress: Callable[[int, int, float], None] | None = None,
@@ -180,14 +194,8 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
     images, truths = evaluation_set(val_items)
     predictions = predict(model, images, device)
     metrics = coco_metrics(truths, predictions, class_names)
-    champion_metrics: Metrics | None = None
-    if champion is not None and champion.get("checkpoint"):
-        from backend.model.detector import load_detector_model
-
-        old_model, old_names, _ = load_detector_model(
-            registry.checkpoint_path(project, champion["version"]))
-        old_predictions = _remap(predict(old_model, images, device), old_names, class_names)
-        champion_metrics = coco_metrics(truths, old_predictions, class_names)
+    champion_metrics = _champion_metrics(registry, project, champion, images, truths,
+                                         class_names, device)
     promote, reason = promotion_decision(
         metrics.to_dict(), champion_metrics.to_dict() if champion_metrics else None,
         settings.promotion_margin, settings.min_first_ap50)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from backend.boxes import to_region
+from backend.labelstudio.boxes import to_region
 
 SHAPES = ("circle", "square", "triangle")
 LABEL_CONFIG = ('<View><Image name="image" value="$image"/>'

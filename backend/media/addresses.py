@@ -1,6 +1,6 @@
 """Which network addresses image fetches may connect to, enforced where the socket is opened.
 
-The host allowlist (`backend/images.py`) says which *names* may be fetched; this module says
+The host allowlist (`backend/media/images.py`) says which *names* may be fetched; this module says
 which *addresses* a connection may reach. An allowed name can still lead to the cloud metadata
 service: a DNS record pointed there, or DNS rebinding (a harmless answer when a separate check
 looks the name up, the metadata address when the HTTP client looks it up again to connect). So
@@ -25,7 +25,7 @@ import urllib3
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from backend.errors import ImageError
+from backend.core.errors import ImageError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.errors import MLAssistError
-from backend.labelstudio import LabelStudioAPI
+from backend.core.errors import MLAssistError
+from backend.labelstudio.client import LabelStudioAPI
 
 logger = logging.getLogger(__name__)
 

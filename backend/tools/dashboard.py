@@ -16,10 +16,17 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-from backend.assign import FIELD, decode
-from backend.coco import ACCEPTED, DRAWN, EDITED, labeled_tasks, region_provenance, same_box
-from backend.labelstudio import LabelStudioAPI
+from backend.labelstudio.client import LabelStudioAPI
 from backend.model.dataset import chosen_annotation
+from backend.tools.assign import FIELD, decode
+from backend.tools.provenance import (
+    ACCEPTED,
+    DRAWN,
+    EDITED,
+    labeled_tasks,
+    region_provenance,
+    same_box,
+)
 
 CACHE_S = 30.0
 REJECTED = "rejected"

@@ -12,7 +12,7 @@ What `task.data` may hold, and where it is fetched from:
 
 Redirects are followed by hand, each hop checked against the allowed hosts, and the key is sent
 only to the Label Studio origin. Every connection, on every hop, goes through
-`backend/addresses.py`: whatever an allowed name resolves to, link-local and cloud metadata
+`backend/media/addresses.py`: whatever an allowed name resolves to, link-local and cloud metadata
 addresses are never connected to (checked on the address connected to, so DNS rebinding cannot
 slip past). Downloads are bounded in bytes and time, decoded images in pixels. Query strings
 (SAS signatures) never appear in messages.
@@ -36,10 +36,10 @@ import requests
 import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from backend.addresses import CheckedAdapter
-from backend.errors import ImageError, LabelStudioAuthError
-from backend.labelstudio import LabelStudioAuth, origin
-from backend.settings import Settings
+from backend.core.errors import ImageError, LabelStudioAuthError
+from backend.core.settings import Settings
+from backend.labelstudio.client import LabelStudioAuth, origin
+from backend.media.addresses import CheckedAdapter
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from backend.boxes import task_score, to_region
-from backend.errors import ImageError
-from backend.images import ImageFetcher, LoadedImage, decode_image
-from backend.label_config import BoxTarget, LabelConfig, map_classes
+from backend.core.errors import ImageError
+from backend.labelstudio.boxes import task_score, to_region
+from backend.labelstudio.label_config import BoxTarget, LabelConfig, map_classes
+from backend.media.images import ImageFetcher, LoadedImage, decode_image
 from backend.model.detector import Detections, Detector
 
 logger = logging.getLogger(__name__)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 from xml.sax.saxutils import quoteattr
 
-from backend.errors import LabelConfigError
-from backend.label_config import parse_label_config
-from backend.labelstudio import LabelStudioAPI
-from backend.settings import Settings
+from backend.core.errors import LabelConfigError
+from backend.core.settings import Settings
+from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.label_config import parse_label_config
 
 SECRET_HEADER = "X-MLAssist-Secret"  # noqa: S105 - a header name, not a secret
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",

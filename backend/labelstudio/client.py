@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from backend.errors import LabelStudioAuthError, LabelStudioError
+from backend.core.errors import LabelStudioAuthError, LabelStudioError
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from backend.errors import SettingsError
+from backend.core.errors import SettingsError
 
 DEVICES_HELP = "cpu, cuda, cuda:N or auto"
 
@@ -341,7 +341,7 @@ class Settings:
         if self.train_batch_size < 2:
             raise SettingsError("TRAIN_BATCH_SIZE must be at least 2 (BatchNorm cannot train "
                                 "on one image)")
-        from backend.model.architectures import ARCHITECTURES
+        from backend.core.catalogue import ARCHITECTURES
 
         if self.model_arch not in ARCHITECTURES:
             raise SettingsError(

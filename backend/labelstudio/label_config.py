@@ -16,7 +16,7 @@ from xml.etree.ElementTree import Element
 from defusedxml import ElementTree
 from defusedxml.common import DefusedXmlException
 
-from backend.errors import LabelConfigError
+from backend.core.errors import LabelConfigError
 
 MAX_CONFIG_CHARS = 1_000_000
 
