@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--queues", default="training,prelabel,housekeeping",
                         help="comma list; GPU machines: training; others: prelabel,housekeeping")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    metrics = commands.add_parser("metrics", help="serve the queues' and jobs' Prometheus "
+                                                  "metrics, read from Redis")
+    metrics.add_argument("--port", type=int, default=9100, help="port (default 9100)")
     export = commands.add_parser("export-coco", help="write a project's boxes as a COCO file")
     export.add_argument("--project", type=int, required=True)
     export.add_argument("-o", "--output", type=Path, required=True, help="the .json to write")
@@ -144,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run_worker(settings, [q.strip() for q in args.queues.split(",") if q.strip()],
                        burst=args.burst)
+        elif args.command == "metrics":
+            from backend.jobs.exporter import run_exporter
+
+            run_exporter(settings, args.port)
         elif args.command == "reconcile":
             from backend.commands import reconcile_command
 
