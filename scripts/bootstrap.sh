@@ -115,6 +115,10 @@ command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
     || apt_install chromium "the dashboard test renders the page in it"
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
     || apt_install docker-compose "validates docker/compose.yaml; no Docker engine needed"
+command -v kubectl >/dev/null \
+    || apt_install kubernetes-client "renders deploy/kubernetes/ offline (kubectl kustomize)"
+command -v promtool >/dev/null \
+    || apt_install prometheus "checks deploy/kubernetes/ alert rules (promtool)"
 
 printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\nMLASSIST_AZURITE=%q\n' \
     "$VENV" "$LS_VENV" "$AZURITE_DIR/node_modules/.bin/azurite-blob"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from backend.serving import champions
 from backend.http.app import create_app
 from backend.model.architectures import build_untrained_model
 from backend.model.checkpoint import save_checkpoint
 from backend.model.registry import LocalStore, Registry
+from backend.serving import champions
 from tests import media
 from tests.conftest import make_settings
 from tests.fakes import FixedDetector, holder_for

@@ -23,6 +23,9 @@ def register(commands: Any) -> None:
     worker.add_argument("--queues", default="training,prelabel,housekeeping",
                         help="comma list; GPU machines: training; others: prelabel,housekeeping")
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    metrics = add_command(commands, "metrics", run_metrics,
+                          "serve the queues' and jobs' Prometheus metrics, read from Redis")
+    metrics.add_argument("--port", type=int, default=9100, help="port (default 9100)")
     health = add_command(commands, "healthcheck", run_healthcheck,
                          "exit 0 when this container's worker or sync is alive")
     health.add_argument("what", choices=("worker", "sync"))
@@ -39,6 +42,12 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> None:
 
     worker_loop(settings, [q.strip() for q in args.queues.split(",") if q.strip()],
                 burst=args.burst)
+
+
+def run_metrics(settings: Settings, args: argparse.Namespace) -> None:
+    from backend.jobs.exporter import run_exporter
+
+    run_exporter(settings, args.port)
 
 
 def run_reconcile(settings: Settings, args: argparse.Namespace) -> None:

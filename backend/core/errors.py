@@ -57,3 +57,9 @@ class NotEnoughLabels(MLAssistError):
     """A training round cannot run yet; the message says how many more labels it needs."""
 
     status = 409
+
+
+class HandedBack(MLAssistError):
+    """A job stopped early because its worker is shutting down; it is queued again."""
+
+    status = 503

@@ -257,6 +257,11 @@ class Settings:
     reconcile_interval: int = setting(
         "RECONCILE_INTERVAL", _positive_int, "300",
         "Seconds between reconciliation passes of `mlassist worker` (catches lost webhooks).")
+    worker_stop_timeout: int = setting(
+        "WORKER_STOP_TIMEOUT", _positive_int, "240",
+        "Seconds `mlassist worker` gives its running job after SIGTERM: a training hands "
+        "itself back (queued again) within a step; a job still running then is killed and "
+        "retried elsewhere. Keep it under the pod's terminationGracePeriodSeconds.")
     pushback_batch: int = setting(
         "PUSHBACK_BATCH", _positive_int, "1000",
         "Tasks per pre-annotation batch (one bulk import into Label Studio per batch; each "

@@ -308,6 +308,29 @@ class JobQueue:
         self.redis.set(key("pushback-done", project),
                        json.dumps({"version": version, "tasks": tasks}))
 
+    def record_training(self, project: int, outcome: str, seconds: float | None = None,
+                        labeled: int | None = None, has_champion: bool | None = None) -> None:
+        """Count a training round by outcome (promoted, rejected, handed_back) for the metrics
+        exporter; a finished round also leaves its duration, labels and whether a champion
+        exists."""
+        name = key("training-stats", project)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(name, outcome, 1)
+            if seconds is not None:
+                pipe.hincrbyfloat(name, "seconds_sum", seconds)
+                pipe.hincrby(name, "seconds_count", 1)
+                pipe.hset(name, mapping={"last_seconds": seconds, "last_finished": time.time()})
+            if labeled is not None:
+                pipe.hset(name, "labeled", str(labeled))
+            if has_champion is not None:
+                pipe.hset(name, "has_champion", str(int(has_champion)))
+            pipe.execute()
+
+    def training_stats(self, project: int) -> dict[str, float]:
+        """What `record_training` counted for the project (empty before its first round)."""
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(key("training-stats", project)))
+        return {name.decode(): float(value) for name, value in raw.items()}
+
     def clear_cursor(self, project: int, version: str) -> None:
         self.redis.delete(key("cursor", project, version))
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from rq import get_current_job
 
-from backend.core.errors import NotEnoughLabels
+from backend.core.errors import HandedBack, NotEnoughLabels
 from backend.core.settings import Settings
+from backend.jobs import handback
 from backend.jobs.policy import training_due
 from backend.jobs.queues import (
     HOUSEKEEPING_QUEUE,
@@ -63,6 +64,7 @@ def _progress(**meta: Any) -> None:
 
 
 def _training_progress(step: int, total: int, loss: float) -> None:
+    handback.raise_if_asked(f"training at step {step}/{total}")
     if step % 25 == 0 or step == total:
         _progress(stage="training", step=step, steps=total, loss=round(loss, 4))
 
@@ -119,13 +121,25 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
         from backend.model.training import train_round
 
         try:
+            handback.raise_if_asked("training about to start")
             result = train_round(project, s, ctx.api, ctx.fetcher, ctx.registry,
                                  device=resolve_device(s.device), progress=_training_progress,
                                  before_commit=lock.ensure, labeled_tasks=labeled)
         except NotEnoughLabels as exc:
             return {"status": "not enough labels", "reason": str(exc)}
+        except HandedBack as exc:
+            lock.__exit__()  # first, so the next worker finds the project free (the finally's
+            # second release is a no-op: the lock is released only by its own token)
+            requeued = ctx.queue.request_training(project)
+            ctx.queue.record_training(project, "handed_back")
+            logger.warning("project %s: %s; queued again as %s", project, exc,
+                           requeued or "the pending training")
+            return {"status": "handed back", "reason": str(exc), "requeued_as": requeued}
         lock.ensure()
         ctx.queue.set_last_trained(project, labeled)  # Label Studio's count, as compared
+        ctx.queue.record_training(
+            project, "promoted" if result.promoted else "rejected", seconds=result.seconds,
+            labeled=labeled, has_champion=result.promoted or result.champion_metrics is not None)
         if forced:
             ctx.queue.clear_forced(project)
         if result.promoted:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 from backend.core.settings import Settings
+from backend.jobs import handback
 from backend.jobs.queues import JobQueue, connect
 
 logger = logging.getLogger(__name__)
@@ -22,14 +24,39 @@ STEADY_S = 60  # a worker that ran this long before quitting restarts at the fir
 
 
 class _Worker(Worker):
-    """RQ's worker that remembers whether a signal asked it to stop, and that can exit
-    after Redis restarted under it (so `run_worker` can start it again)."""
+    """RQ's worker that remembers whether a signal asked it to stop, that asks its running
+    job to hand itself back then (backend/jobs/handback.py), and that can exit after Redis
+    restarted under it (so `run_worker` can start it again)."""
 
     stop_asked = False
+    stop_timeout: float = 240.0  # WORKER_STOP_TIMEOUT
+
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()
+        handback.install_in_horse()
 
     def handle_warm_shutdown_request(self) -> None:
         self.stop_asked = True
         super().handle_warm_shutdown_request()
+        horse = self.horse_pid
+        if not horse:
+            return
+        logger.info("worker %s: asking job %s to hand itself back; killing it in %g s if it "
+                    "still runs", self.name, self.get_current_job_id(), self.stop_timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(horse, handback.HAND_BACK_SIGNAL)
+        timer = threading.Timer(self.stop_timeout, self._kill_late_horse, args=(horse,))
+        timer.daemon = True
+        timer.start()
+
+    def _kill_late_horse(self, horse: int) -> None:
+        """Past WORKER_STOP_TIMEOUT: end the job before the kubelet's SIGKILL ends us, so RQ
+        records it as failed and its retry runs it on another worker."""
+        if self.horse_pid == horse:
+            logger.warning("worker %s: job %s did not finish within %g s of SIGTERM; killing "
+                           "it (its retry runs elsewhere)", self.name,
+                           self.get_current_job_id(), self.stop_timeout)
+            self.kill_horse()
 
     def unsubscribe(self) -> None:
         """RQ's unsubscribe, minus the re-subscription on reconnect.
@@ -74,6 +101,7 @@ def run_worker(settings: Settings, queues: list[str], burst: bool = False,
         while True:
             worker = _Worker([Queue(name, connection=redis) for name in queues],
                              connection=redis)
+            worker.stop_timeout = settings.worker_stop_timeout
             logger.info("worker %s on queues %s", worker.name, ", ".join(queues))
             started = time.monotonic()
             try:
