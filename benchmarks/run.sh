@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the performance benchmarks one after another (never two at once: they share the cores)
 # and write their JSON to benchmarks/results/. About 30 minutes on 2 cores.
-#   benchmarks/run.sh            serving, loop (2,000 and 20,000 tasks), sync, training
+#   benchmarks/run.sh            serving, loop (2,000 and 20,000 tasks), sync, training, interactive
 #   benchmarks/run.sh --all      also learning, export and replay (about 25 minutes more)
 #   benchmarks/run.sh serving    one of them by name
 set -euo pipefail
@@ -30,6 +30,7 @@ want loop && run loop-20000 benchmarks/loop.py --tasks 20000 --no-storm \
     --out "$OUT/loop-20000.json"
 want sync && run sync benchmarks/sync.py --out "$OUT/sync.json"
 want training && run training benchmarks/training.py --out "$OUT/training.json"
+want interactive && run interactive benchmarks/interactive.py --out "$OUT/interactive.json"
 want_extra learning && run learning benchmarks/learning.py --out "$OUT/learning.json"
 want_extra export && run export benchmarks/export.py --out "$OUT/export.json"
 want_extra replay && run replay benchmarks/replay.py --out "$OUT/replay.json" --plots "$OUT"

@@ -181,6 +181,13 @@ class Settings:
     predict_time_budget: float = setting(
         "PREDICT_TIME_BUDGET", _positive_float, "80",
         "Seconds one /predict may spend; Label Studio gives up after 100 s and keeps nothing.")
+    interactive_time_budget: float = setting(
+        "INTERACTIVE_TIME_BUDGET", _positive_float, "3",
+        "Seconds a smart-tool request (a click or rough box) may spend before the GrabCut "
+        "fallback is skipped; Label Studio waits up to 100 s, the annotator much less.")
+    interactive_min_score: float = setting(
+        "INTERACTIVE_MIN_SCORE", _fraction, "0.05",
+        "Lowest score of a model box a smart-tool click or rough box may pick.")
     max_request_bytes: int = setting(
         "MAX_REQUEST_BYTES", _positive_int, str(64 * 1024 * 1024),
         "Largest request body accepted, in bytes.")

@@ -1,7 +1,8 @@
 """Label Studio's ML-backend protocol: /health, /setup, /predict, /versions.
 
 Label Studio's read timeouts (LABEL_STUDIO_FACTS.md): /health 1 s, /setup 3 s, /predict 100 s;
-the model loads in the background, so /health and /setup answer from the first second.
+the model loads in the background, so /health and /setup answer from the first second. A
+/predict whose `params.context` holds a smart-tool region is interactive (serving/interactive.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from backend.http.body import json_body
 from backend.http.services import services
 from backend.labelstudio.label_config import coverage
 from backend.serving.champions import project_id
+from backend.serving.interactive import Hint, parse_hint
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,12 @@ def predict() -> Response:
     if not isinstance(tasks, list):
         raise BadRequest("`tasks` must be a list of Label Studio tasks")
     config = app.configs.config_for(body, "label_config")
+    hint = _interactive_hint(body)
+    if hint is not None:  # a smart tool's click or rough box: one task, one box
+        if len(tasks) != 1:
+            raise BadRequest(f"a smart-tool context applies to one task; got {len(tasks)}")
+        item = app.interactive.annotate(project_id(body.get("project")), tasks[0], config, hint)
+        return jsonify(results=[item], model_version=item["model_version"])
     detector = app.serving.detector(project_id(body.get("project")), PREDICT_MODEL_WAIT_S)
     app.metrics.model_loaded.set(1)
     app.metrics.model_info.labels(detector.version, app.holder.spec.arch).set(1)
@@ -79,6 +87,13 @@ def predict() -> Response:
     app.metrics.tasks_predicted.inc(len(predicted))
     app.metrics.boxes.inc(sum(len(item["result"]) for item in predicted))
     return jsonify(results=results, model_version=detector.version)
+
+
+def _interactive_hint(body: dict[str, Any]) -> Hint | None:
+    """The smart-tool hint of a /predict body (Label Studio puts it in `params.context`)."""
+    params = body.get("params")
+    context = params.get("context") if isinstance(params, dict) else None
+    return None if context is None else parse_hint(context)
 
 
 @protocol.get("/versions")

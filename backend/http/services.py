@@ -21,6 +21,7 @@ from backend.media.images import ImageFetcher
 from backend.model.detector import DetectorHolder, ModelSpec
 from backend.model.registry import Registry, open_registry
 from backend.serving.champions import ChampionServing
+from backend.serving.interactive import InteractiveAnnotator, InteractiveOptions
 from backend.serving.predictions import PredictOptions, Predictor
 from backend.tools.dashboard import StatsCache
 
@@ -65,6 +66,7 @@ class Services:
     serving: ChampionServing
     predictor: Predictor
     metrics: Metrics
+    interactive: InteractiveAnnotator
     configs: ProjectConfigs = field(default_factory=ProjectConfigs)
     stats_cache: StatsCache = field(default_factory=StatsCache)
     _queue: list[JobQueue] = field(default_factory=list)
@@ -104,8 +106,11 @@ def build_services(settings: Settings, holder: DetectorHolder | None,
                        show_uncalibrated=settings.prelabel_uncalibrated == "show"),
         on_task_error=lambda reason: metrics.task_errors.labels(reason).inc(),
         on_stage=lambda stage, seconds: metrics.predict_stage.labels(stage).observe(seconds))
+    interactive = InteractiveAnnotator(
+        fetcher, serving, InteractiveOptions(time_budget=settings.interactive_time_budget,
+                                             min_score=settings.interactive_min_score))
     return Services(settings, holder, fetcher, registry, serving, predictor, metrics,
-                    _queue=[jobs] if jobs is not None else [])
+                    interactive, _queue=[jobs] if jobs is not None else [])
 
 
 def services() -> Services:
