@@ -115,6 +115,11 @@ command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
     || apt_install chromium "the dashboard test renders the page in it"
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 \
     || apt_install docker-compose "validates docker/compose.yaml; no Docker engine needed"
+# The realistic benchmark scenes (benchmarks/realistic) are drawn from these two packages' files.
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] \
+    || apt_install fonts-noto-color-emoji "the realistic scenes' objects are its emoji"
+[ -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg ] \
+    || apt_install lomiri-wallpapers-16.04 "the realistic scenes' backgrounds are its photos"
 
 printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\nMLASSIST_AZURITE=%q\n' \
     "$VENV" "$LS_VENV" "$AZURITE_DIR/node_modules/.bin/azurite-blob"

@@ -1,7 +1,7 @@
 """Write a realistic scene set: JPEG files and a COCO file; prints the set's summary as JSON.
 
     python -m benchmarks.realistic OUT_DIR [--preset standard|hard] [--count 600] [--seed 0]
-        [--size 480x360] [--sheet PNG]
+        [--size 480x360] [--sheet PNG [--no-boxes]]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--size", help="WIDTHxHEIGHT (default: the preset's, 480x360)")
     parser.add_argument("--sheet", type=Path,
                         help="also write a PNG of the first 8 scenes with their boxes")
+    parser.add_argument("--no-boxes", action="store_true", help="the sheet without boxes")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x")) if args.size else (None, None)
     started = time.monotonic()
@@ -40,8 +41,8 @@ def main() -> None:
         coco = write_dataset(args.out, args.count, args.preset, args.seed, width, height)
         if args.sheet:
             spec = preset_for(args.preset, width, height)
-            contact_sheet([make_scene(i, spec, args.seed) for i in range(min(8, args.count))]
-                          ).save(args.sheet)
+            contact_sheet([make_scene(i, spec, args.seed) for i in range(min(8, args.count))],
+                          boxes=not args.no_boxes).save(args.sheet)
     except MissingMaterial as exc:
         raise SystemExit(str(exc)) from None
     info = {k: v for k, v in coco["info"].items() if k not in ("sources", "recipe")}
