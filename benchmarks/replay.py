@@ -11,7 +11,9 @@ each region's origin as Label Studio's editor does, and spends `--seconds-per-ta
 stand-in for human time) before the next task.
 
 The dataset is a COCO file with its images (`--coco FILE --images DIR`), or by default
-generated scenes. Default MLAssist settings (no COCO weights: the model starts from scratch).
+generated scenes: the shapes (default) or, with `--scenes realistic`, a realistic set from
+benchmarks/realistic (`--preset standard|hard`, `--seed`). Default MLAssist settings (no
+COCO weights: the model starts from scratch).
 Writes JSON (stdout, and --out) and PNG plots (--plots DIR): champion AP50 against labeled
 tasks, boxes accepted / edited / deleted / drawn per task, and the rolling share of
 ground-truth boxes that arrived as correct pre-labels, with the moments models appeared.
@@ -20,6 +22,7 @@ first tasks carry (empty) predictions of the untrained base model; only trained 
 count as pre-labels in the summary.
 
     python benchmarks/replay.py [--tasks 300] [--seconds-per-task 2] [--out F] [--plots DIR]
+        [--scenes shapes|realistic] [--preset standard|hard] [--seed 0]
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from backend.labelstudio import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from backend.localstack import Process, free_port  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.scenes import make_scene  # noqa: E402
+from benchmarks import realistic  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 from tests.redis_server import RedisServer, redis_binary  # noqa: E402
@@ -197,6 +201,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=300, help="generated scenes (default)")
     parser.add_argument("--coco", type=Path, help="a COCO file instead of generated scenes")
     parser.add_argument("--images", type=Path, help="the COCO file's image folder")
+    parser.add_argument("--scenes", choices=("shapes", "realistic"), default="shapes",
+                        help="which generated scenes, without --coco (default shapes)")
+    parser.add_argument("--preset", choices=sorted(realistic.PRESETS), default="standard")
+    parser.add_argument("--seed", type=int, default=0, help="the realistic set's seed")
     parser.add_argument("--seconds-per-task", type=float, default=2.0,
                         help="simulated human time per task (default 2)")
     parser.add_argument("--out", type=Path)
@@ -212,6 +220,12 @@ def main() -> None:
                 raise SystemExit("--coco needs --images DIR")
             coco, images = read_coco(args.coco), args.images
             report["dataset"] = str(args.coco)
+        elif args.scenes == "realistic":
+            coco = realistic.write_dataset(work / "realistic", args.tasks, args.preset,
+                                           args.seed)
+            images = work / "realistic" / "images"
+            report["dataset"] = (f"{args.tasks} realistic scenes, preset {args.preset}, "
+                                 f"seed {args.seed}")
         else:
             images = work / "scenes"
             coco = scenes_as_coco(args.tasks, images)
