@@ -8,6 +8,10 @@ Prints JSON: per version AP50/AP on the frozen validation split and on the held-
 training seconds, and whether it was promoted.
 
     python benchmarks/learning.py [--rounds 60,300] [--held-out 100] [--steps 500]
+        [--scenes shapes|realistic] [--preset standard|hard] [--seed 0]
+
+`--scenes realistic` uses benchmarks/realistic (24 long-tailed classes on photographs) instead
+of the generated shapes; `--seed` picks the realistic set.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from label_studio_sdk import LabelStudio
@@ -34,6 +41,7 @@ from backend.media.images import LoadedImage  # noqa: E402
 from backend.model.detector import checkpoint_detector  # noqa: E402
 from backend.model.evaluation import ImagePrediction, ImageTruth, coco_metrics  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
+from benchmarks import realistic  # noqa: E402
 from benchmarks.report import emit  # noqa: E402
 from tests.labels import CONFIG, regions_of  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
@@ -41,20 +49,22 @@ from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 HELD_OUT_SEED = 100_000
 
 
-def upload(ls_url: str, project: int, seeds: list[int]) -> None:
+def upload(ls_url: str, project: int, seeds: list[int],
+           make: Callable[[int], Any] = make_scene) -> None:
     files = []
     for seed in seeds:
         buffer = io.BytesIO()
-        make_scene(seed).image.save(buffer, format="JPEG", quality=92)
+        make(seed).image.save(buffer, format="JPEG", quality=92)
         files.append((f"scene-{seed:05d}.jpg", buffer.getvalue(), "image/jpeg"))
     upload_images(ls_url, {"Authorization": f"Token {ADMIN_TOKEN}"}, project, files)
 
 
-def held_out_metrics(checkpoint: Path, seeds: range) -> dict:
+def held_out_metrics(checkpoint: Path, seeds: range,
+                     make: Callable[[int], Any] = make_scene) -> dict:
     detector = checkpoint_detector(checkpoint, None, "cpu")
     names = detector.class_names
     truths, predictions = [], []
-    scenes = [make_scene(seed) for seed in seeds]
+    scenes = [make(seed) for seed in seeds]
     outputs = detector.predict([scene.image for scene in scenes], batch_size=8)
     for scene, output in zip(scenes, outputs, strict=True):
         loaded = LoadedImage(scene.image)
@@ -73,22 +83,31 @@ def main() -> None:
                         help="labeled tasks before each training round")
     parser.add_argument("--held-out", type=int, default=100)
     parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--scenes", choices=("shapes", "realistic"), default="shapes")
+    parser.add_argument("--preset", choices=sorted(realistic.PRESETS), default="standard")
+    parser.add_argument("--seed", type=int, default=0, help="the realistic set's seed")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rounds = [int(n) for n in args.rounds.split(",")]
+    shapes = args.scenes == "shapes"
+    make: Callable[[int], Any] = make_scene if shapes else partial(
+        realistic.make_scene, preset=args.preset, seed=args.seed)
 
     report: dict = {"machine": {"python": platform.python_version(), "cpu": platform.machine(),
                                 "cores": os.cpu_count(), "device": "cpu"},
                     "arch": "ssdlite320_mobilenet_v3_large", "start": "scratch",
-                    "steps_per_round": args.steps, "labels": SHAPES, "versions": []}
+                    "steps_per_round": args.steps,
+                    "scenes": "shapes" if shapes else f"realistic {args.preset} seed {args.seed}",
+                    "labels": SHAPES if shapes else realistic.CLASS_NAMES, "versions": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ls = start_label_studio(work)
         try:
             client = LabelStudio(base_url=ls.url, api_key=ADMIN_TOKEN)
+            config = CONFIG if shapes else realistic.label_config()
             project = client.projects.create(title="learning benchmark",
-                                             label_config=CONFIG).id
-            upload(ls.url, project, list(range(max(rounds))))
+                                             label_config=config).id
+            upload(ls.url, project, list(range(max(rounds))), make)
             tasks = sorted(client.tasks.list(project=project), key=lambda t: t.id)
             seeds = {t.id: int(Path(t.data["image"]).stem.split("-")[-1]) for t in tasks}
             env = {**os.environ, "LABEL_STUDIO_URL": ls.url,
@@ -101,7 +120,7 @@ def main() -> None:
             for target in rounds:
                 for task in tasks[labeled:target]:
                     client.annotations.create(id=task.id,
-                                              result=regions_of(make_scene(seeds[task.id])))
+                                              result=regions_of(make(seeds[task.id])))
                 labeled = target
                 started = time.monotonic()
                 done = subprocess.run(
@@ -129,7 +148,7 @@ def main() -> None:
                     entry["champion"] = champion["version"]
                     entry["champion_held_out"] = held_out_metrics(
                         registry.checkpoint_path(project, champion["version"]),
-                        range(HELD_OUT_SEED, HELD_OUT_SEED + args.held_out))
+                        range(HELD_OUT_SEED, HELD_OUT_SEED + args.held_out), make)
                 report["versions"].append(entry)
                 print(json.dumps(entry), file=sys.stderr)
         finally:

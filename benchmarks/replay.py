@@ -11,7 +11,9 @@ each region's origin as Label Studio's editor does, and spends `--seconds-per-ta
 stand-in for human time) before the next task.
 
 The dataset is a COCO file with its images (`--coco FILE --images DIR`), or by default
-generated scenes. Default MLAssist settings (no COCO weights: the model starts from scratch).
+generated scenes: the shapes (default) or, with `--scenes realistic`, a realistic set from
+benchmarks/realistic (`--preset standard|hard`, `--seed`). Default MLAssist settings (no
+COCO weights: the model starts from scratch).
 Writes JSON (stdout, and --out) and PNG plots (--plots DIR): champion AP50 against labeled
 tasks, boxes accepted / edited / deleted / drawn per task, and the rolling share of
 ground-truth boxes that arrived as correct pre-labels, with the moments models appeared.
@@ -20,6 +22,11 @@ first tasks carry (empty) predictions of the untrained base model; only trained 
 count as pre-labels in the summary.
 
     python benchmarks/replay.py [--tasks 300] [--seconds-per-task 2] [--out F] [--plots DIR]
+        [--scenes shapes|realistic] [--preset standard|hard] [--seed 0]
+        [--arch A] [--weights none|imagenet|coco] [--seconds-draw 7.0 ...]
+
+The summary also estimates labeling time with and without the assistance from seconds per
+action (EFFORT_S, with its sources), and the share of correct pre-labels per third.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +50,8 @@ from backend.labelstudio.boxes import from_region_value, to_region  # noqa: E402
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.tools.coco_import import import_coco, read_coco  # noqa: E402
+from benchmarks import realistic  # noqa: E402
+from benchmarks.replay_plots import plots  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 from tests.redis_server import RedisServer, redis_binary  # noqa: E402
@@ -133,99 +141,128 @@ def review(predicted: list[dict], truth: list[tuple[tuple[float, ...], str]], wi
     return result, counts
 
 
-def plots(report: dict[str, Any], folder: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tasks = report["per_task"]
-    index = np.arange(1, len(tasks) + 1)
-    appeared = [(m["first_prelabels_at_task"], m["version"]) for m in report["models"]
-                if m.get("first_prelabels_at_task")]
-    written = []
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.step(index, [t["champion_val_ap50"] or 0 for t in tasks], where="post", color="#2b7a3d")
-    ax.set(xlabel="human-labeled tasks", ylabel="champion AP50 (validation)", ylim=(0, 1.02),
-           title="Champion quality against labeling progress")
-    for at, version in appeared:
-        ax.axvline(at, color="#999", lw=0.8, ls="--")
-        ax.text(at, 0.03, version.rsplit("-", 1)[-1], rotation=90, fontsize=8, color="#666")
-    fig.tight_layout()
-    fig.savefig(folder / "replay-ap50.png", dpi=110)
-    written.append(str(folder / "replay-ap50.png"))
-
-    fig, ax = plt.subplots(figsize=(10, 4))
-    bottom = np.zeros(len(tasks))
-    for key, color in (("accepted", "#2b7a3d"), ("edited", "#e0a526"), ("drawn", "#8c9bab")):
-        values = np.array([t[key] for t in tasks])
-        ax.bar(index, values, bottom=bottom, color=color, width=1.0, label=key)
-        bottom += values
-    ax.bar(index, -np.array([t["deleted"] for t in tasks]), color="#c0392b", width=1.0,
-           label="deleted (below 0)")
-    ax.set(xlabel="task, in the order labeled", ylabel="boxes",
-           title="What the labeler did with each task")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "replay-boxes.png", dpi=110)
-    written.append(str(folder / "replay-boxes.png"))
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    window = 20
-    accepted = np.array([t["accepted"] for t in tasks], float)
-    truth = np.array([t["truth_boxes"] for t in tasks], float)
-    kernel = np.ones(window)
-    share = np.convolve(accepted, kernel, "valid") / np.maximum(
-        np.convolve(truth, kernel, "valid"), 1)
-    ax.plot(np.arange(window, len(tasks) + 1), share, color="#2b7a3d")
-    for at, _ in appeared:
-        ax.axvline(at, color="#999", lw=0.8, ls="--")
-    ax.set(xlabel="human-labeled tasks", ylim=(0, 1.02),
-           ylabel=f"boxes arriving as correct pre-labels\n(share, last {window} tasks)",
-           title="Share of boxes the labeler did not have to draw or fix")
-    fig.tight_layout()
-    fig.savefig(folder / "replay-share.png", dpi=110)
-    written.append(str(folder / "replay-share.png"))
-    plt.close("all")
-    return written
+# Seconds per labeling action, for the effort estimate. Drawing a box: 7.0 s with extreme
+# clicking, the fastest drawing method measured (Papadopoulos et al., "Extreme clicking for
+# efficient object annotation", ICCV 2017; they quote 25.5 s for the classic click-and-drag
+# of Su et al., 2012, which Label Studio's rectangle tool is). Verifying a shown box: 1.6 s
+# (Papadopoulos et al., "We don't need no bounding-boxes", CVPR 2016). Adjusting a box:
+# a verification plus half a drawing, and deleting one: a verification plus a click (ours,
+# not measured). The low drawing time makes the saving a conservative one.
+EFFORT_S = {"draw": 7.0, "accept": 1.6, "edit": 1.6 + 3.5, "delete": 2.0}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=300, help="generated scenes (default)")
     parser.add_argument("--coco", type=Path, help="a COCO file instead of generated scenes")
     parser.add_argument("--images", type=Path, help="the COCO file's image folder")
+    parser.add_argument("--scenes", choices=("shapes", "realistic"), default="shapes",
+                        help="which generated scenes, without --coco (default shapes)")
+    parser.add_argument("--preset", choices=sorted(realistic.PRESETS), default="standard")
+    parser.add_argument("--seed", type=int, default=0, help="the realistic set's seed")
     parser.add_argument("--seconds-per-task", type=float, default=2.0,
                         help="simulated human time per task (default 2)")
+    parser.add_argument("--arch", help="MODEL_ARCH (default: MLAssist's default)")
+    parser.add_argument("--weights", default="none",
+                        help="MODEL_WEIGHTS: none (from scratch, default), imagenet, coco; "
+                             "other than none reads the torch cache (TORCH_HOME)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="another MLAssist setting for the backend and worker")
+    for action, seconds in EFFORT_S.items():
+        parser.add_argument(f"--seconds-{action}", type=float, default=seconds,
+                            help=f"effort model: seconds to {action} a box ({seconds:g})")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plots", type=Path)
-    args = parser.parse_args()
-    started = time.monotonic()
-    report: dict[str, Any] = {"machine": machine(), "seconds_per_task": args.seconds_per_task,
-                              "match_iou": MATCH_IOU}
+    return parser.parse_args()
+
+
+def dataset(args: argparse.Namespace, work: Path,
+            report: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The COCO dataset to replay and its image folder."""
+    if args.coco:
+        if args.images is None:
+            raise SystemExit("--coco needs --images DIR")
+        report["dataset"] = str(args.coco)
+        return read_coco(args.coco), args.images
+    if args.scenes == "realistic":
+        coco = realistic.write_dataset(work / "realistic", args.tasks, args.preset, args.seed)
+        report["dataset"] = (f"{args.tasks} realistic scenes, preset {args.preset}, "
+                             f"seed {args.seed}")
+        return coco, work / "realistic" / "images"
+    report["dataset"] = f"{args.tasks} generated scenes"
+    return scenes_as_coco(args.tasks, work / "scenes"), work / "scenes"
+
+
+def truth_boxes(coco: dict[str, Any]) -> tuple[dict[str, list], dict[str, tuple[int, int]]]:
+    """Ground-truth boxes (xyxy, class name) and image sizes, by file name."""
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    truth: dict[str, list] = {i["file_name"]: [] for i in coco["images"]}
+    sizes = {i["file_name"]: (i["width"], i["height"]) for i in coco["images"]}
+    by_id = {i["id"]: i["file_name"] for i in coco["images"]}
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        truth[by_id[ann["image_id"]]].append(((x, y, x + w, y + h), names[ann["category_id"]]))
+    return truth, sizes
+
+
+def loop_env(args: argparse.Namespace, work: Path, ls_url: str, redis_url: str,
+             port: int) -> dict[str, str]:
+    env = {**os.environ, "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+           "REDIS_URL": redis_url, "MODEL_DIR": str(work / "models"),
+           "IMAGE_CACHE_DIR": str(work / "images"), "WEBHOOK_SECRET": SECRET,
+           "PORT": str(port), "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}",
+           "MODEL_WEIGHTS": args.weights, "DEVICE": "cpu", "LOG_LEVEL": "info"}
+    if args.weights == "none":
+        env["TORCH_HOME"] = str(work / "torch")  # nothing pretrained can be read
+    if args.arch:
+        env["MODEL_ARCH"] = args.arch
+    env.update(item.split("=", 1) for item in args.env)
+    return env
+
+
+def label_every_task(args: argparse.Namespace, ls_url: str, project: int, registry: Registry,
+                     truth: dict[str, list], sizes: dict[str, tuple[int, int]],
+                     started: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The simulated labeler, task by task in Label Studio's order, until none is left."""
+    headers = {"Authorization": f"Token {ADMIN_TOKEN}"}
+    per_task: list[dict[str, Any]] = []
+    first_prelabel: dict[str, int] = {}
+    while True:
+        answer = requests.get(f"{ls_url}/api/projects/{project}/next", headers=headers,
+                              timeout=60)
+        if answer.status_code == 404:
+            return per_task, first_prelabel
+        answer.raise_for_status()
+        task = requests.get(f"{ls_url}/api/tasks/{answer.json()['id']}", headers=headers,
+                            timeout=60).json()
+        name = task["data"]["mlassist_coco"]
+        shown = max((p for p in task.get("predictions") or []),
+                    key=lambda p: p.get("created_at") or "", default=None)
+        width, height = sizes[name]
+        result, counts = review((shown or {}).get("result") or [], truth[name], width, height)
+        requests.post(f"{ls_url}/api/tasks/{task['id']}/annotations", headers=headers,
+                      timeout=60, json={"result": result,
+                                        "parent_prediction": (shown or {}).get("id")}
+                      ).raise_for_status()
+        champion = registry.champion(project)
+        version = (shown or {}).get("model_version")
+        if version and version not in first_prelabel:
+            first_prelabel[version] = len(per_task) + 1
+        per_task.append({"task": task["id"], "truth_boxes": len(truth[name]), **counts,
+                         "prelabel_version": version,
+                         "champion": champion["version"] if champion else None,
+                         "champion_val_ap50": ((champion or {}).get("metrics") or {})
+                         .get("ap50"), "t": round(time.monotonic() - started, 1)})
+        time.sleep(args.seconds_per_task)
+
+
+def replay(args: argparse.Namespace, report: dict[str, Any],
+           started: float) -> tuple[list[dict[str, Any]], dict[str, int], list[dict]]:
+    """Label Studio, Redis, the backend and a worker on loopback; the labeler through them."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.coco:
-            if args.images is None:
-                raise SystemExit("--coco needs --images DIR")
-            coco, images = read_coco(args.coco), args.images
-            report["dataset"] = str(args.coco)
-        else:
-            images = work / "scenes"
-            coco = scenes_as_coco(args.tasks, images)
-            report["dataset"] = f"{args.tasks} generated scenes"
-        categories = [c["name"] for c in coco["categories"]]
-        names = {c["id"]: c["name"] for c in coco["categories"]}
-        truth: dict[str, list] = {i["file_name"]: [] for i in coco["images"]}
-        sizes = {i["file_name"]: (i["width"], i["height"]) for i in coco["images"]}
-        by_id = {i["id"]: i["file_name"] for i in coco["images"]}
-        for ann in coco["annotations"]:
-            x, y, w, h = ann["bbox"]
-            truth[by_id[ann["image_id"]]].append(((x, y, x + w, y + h),
-                                                  names[ann["category_id"]]))
-
+        coco, images = dataset(args, work, report)
+        truth, sizes = truth_boxes(coco)
         binary = redis_binary()
         if binary is None:
             raise SystemExit("redis-server not found (scripts/bootstrap.sh installs it)")
@@ -233,91 +270,87 @@ def main() -> None:
         ls = start_label_studio(work)
         processes: list[Any] = []
         try:
-            headers = {"Authorization": f"Token {ADMIN_TOKEN}"}
-            project = requests.post(f"{ls.url}/api/projects", headers=headers, timeout=30,
+            categories = [c["name"] for c in coco["categories"]]
+            project = requests.post(f"{ls.url}/api/projects", timeout=30,
+                                    headers={"Authorization": f"Token {ADMIN_TOKEN}"},
                                     json={"title": "replay",
                                           "label_config": label_config(categories)}).json()["id"]
             api = LabelStudioAPI(LabelStudioAuth(ls.url, ADMIN_TOKEN))
-            imported = import_coco(api, project, coco, str(images))
-            report["tasks"] = imported.tasks_created
-            port = free_port()
-            env = {**os.environ, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
-                   "REDIS_URL": redis_server.url, "MODEL_DIR": str(work / "models"),
-                   "IMAGE_CACHE_DIR": str(work / "images"), "WEBHOOK_SECRET": SECRET,
-                   "PORT": str(port), "BACKEND_PUBLIC_URL": f"http://127.0.0.1:{port}",
-                   "MODEL_WEIGHTS": "none", "DEVICE": "cpu", "TORCH_HOME": str(work / "torch"),
-                   "LOG_LEVEL": "info"}
-            backend = Backend(env, work / "backend.log").wait()
-            processes.append(backend)
+            report["tasks"] = import_coco(api, project, coco, str(images)).tasks_created
+            env = loop_env(args, work, ls.url, redis_server.url, free_port())
+            processes.append(Backend(env, work / "backend.log").wait())
             processes.append(Process([mlassist_bin(), "worker"], env, work / "worker.log"))
             Process([mlassist_bin(), "connect", "--project", str(project)], env,
                     work / "connect.log").process.wait(60)
             registry = Registry(LocalStore(work / "models" / "registry"), work / "cache")
-
-            per_task: list[dict[str, Any]] = []
-            first_prelabel: dict[str, int] = {}
-            while True:
-                answer = requests.get(f"{ls.url}/api/projects/{project}/next",
-                                      headers=headers, timeout=60)
-                if answer.status_code == 404:
-                    break
-                answer.raise_for_status()
-                task = requests.get(f"{ls.url}/api/tasks/{answer.json()['id']}",
-                                    headers=headers, timeout=60).json()
-                name = task["data"]["mlassist_coco"]
-                shown = max((p for p in task.get("predictions") or []),
-                            key=lambda p: p.get("created_at") or "", default=None)
-                width, height = sizes[name]
-                result, counts = review((shown or {}).get("result") or [], truth[name],
-                                        width, height)
-                requests.post(f"{ls.url}/api/tasks/{task['id']}/annotations", headers=headers,
-                              timeout=60, json={"result": result,
-                                                "parent_prediction": (shown or {}).get("id")}
-                              ).raise_for_status()
-                champion = registry.champion(project)
-                version = (shown or {}).get("model_version")
-                if version and version not in first_prelabel:
-                    first_prelabel[version] = len(per_task) + 1
-                per_task.append({"task": task["id"], "truth_boxes": len(truth[name]),
-                                 **counts, "prelabel_version": version,
-                                 "champion": champion["version"] if champion else None,
-                                 "champion_val_ap50": ((champion or {}).get("metrics") or {})
-                                 .get("ap50"), "t": round(time.monotonic() - started, 1)})
-                time.sleep(args.seconds_per_task)
-            versions = registry.versions(project)
+            per_task, first_prelabel = label_every_task(args, ls.url, project, registry,
+                                                        truth, sizes, started)
+            return per_task, first_prelabel, registry.versions(project)
         finally:
             for process in reversed(processes):
                 process.stop()
             ls.stop()
             redis_server.stop()
 
+
+def share_correct(tasks: list[dict[str, Any]]) -> float:
+    """Ground-truth boxes that arrived as correct pre-labels, as a share."""
+    return round(sum(t["accepted"] for t in tasks)
+                 / max(sum(t["truth_boxes"] for t in tasks), 1), 3)
+
+
+def effort(args: argparse.Namespace, per_task: list[dict[str, Any]]) -> dict[str, Any]:
+    """Estimated labeling time with the assistance and without it (every box drawn)."""
+    seconds = {action: getattr(args, f"seconds_{action}") for action in EFFORT_S}
+    spent = {"draw": "drawn", "accept": "accepted", "edit": "edited", "delete": "deleted"}
+    assisted = sum(seconds[a] * sum(t[k] for t in per_task) for a, k in spent.items())
+    unassisted = seconds["draw"] * sum(t["truth_boxes"] for t in per_task)
+    return {"seconds_per_action": seconds, "assisted_hours": round(assisted / 3600, 2),
+            "unassisted_hours": round(unassisted / 3600, 2),
+            "saved_share": round(1 - assisted / unassisted, 3) if unassisted else None}
+
+
+def summary(args: argparse.Namespace, per_task: list[dict[str, Any]],
+            models: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    promoted = [m for m in models if m["promoted"]]
+    truth_total = sum(t["truth_boxes"] for t in per_task)
+    third = max(len(per_task) // 3, 1)
+    return {
+        "tasks_labeled": len(per_task),
+        "truth_boxes": truth_total,
+        **{k: sum(t[k] for t in per_task) for k in ("accepted", "edited", "deleted", "drawn")},
+        "share_not_drawn": round(1 - sum(t["drawn"] for t in per_task) / max(truth_total, 1), 3),
+        "last_100_share_correct_prelabels": share_correct(per_task[-100:]),
+        "share_correct_prelabels_by_third": [share_correct(per_task[i * third:(i + 1) * third])
+                                             if i < 2 else share_correct(per_task[2 * third:])
+                                             for i in range(3)],
+        "effort": effort(args, per_task),
+        "first_promoted_model_labeled_tasks": promoted[0]["labeled_tasks"] if promoted
+        else None,
+        "first_trained_prelabels_at_task": min((m["first_prelabels_at_task"] for m in models
+                                                if m["first_prelabels_at_task"]), default=None),
+        "models_trained": len(models), "models_promoted": len(promoted),
+        "wall_seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.monotonic()
+    report: dict[str, Any] = {"machine": machine(), "seconds_per_task": args.seconds_per_task,
+                              "match_iou": MATCH_IOU, "weights": args.weights,
+                              "arch": args.arch or "default"}
+    per_task, first_prelabel, versions = replay(args, report, started)
     trained = {v["version"] for v in versions}  # not the base model Label Studio asked for
     first_prelabel = {k: v for k, v in first_prelabel.items() if k in trained}
     report["models"] = [{"version": v["version"], "labeled_tasks": v.get("labeled_tasks"),
                          "train_labels": v.get("train_labels"),
                          "val_ap50": (v.get("metrics") or {}).get("ap50"),
+                         "calibration": v.get("calibration"),
                          "status": v.get("status"), "promoted": v.get("promoted_at") is not None,
                          "first_prelabels_at_task": first_prelabel.get(v["version"])}
                         for v in versions]
-    last = per_task[-100:]
-    promoted = [m for m in report["models"] if m["promoted"]]
-    truth_total = sum(t["truth_boxes"] for t in per_task)
-    report["summary"] = {
-        "tasks_labeled": len(per_task),
-        "truth_boxes": truth_total,
-        "accepted": sum(t["accepted"] for t in per_task),
-        "edited": sum(t["edited"] for t in per_task),
-        "deleted": sum(t["deleted"] for t in per_task),
-        "drawn": sum(t["drawn"] for t in per_task),
-        "share_not_drawn": round(1 - sum(t["drawn"] for t in per_task) / max(truth_total, 1), 3),
-        "last_100_share_correct_prelabels": round(
-            sum(t["accepted"] for t in last) / max(sum(t["truth_boxes"] for t in last), 1), 3),
-        "first_promoted_model_labeled_tasks": promoted[0]["labeled_tasks"] if promoted
-        else None,
-        "first_trained_prelabels_at_task": min(first_prelabel.values(), default=None),
-        "models_trained": len(versions), "models_promoted": len(promoted),
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
+    report["summary"] = summary(args, per_task, report["models"], started)
     report["per_task"] = per_task
     if args.plots:
         report["plots"] = plots(report, args.plots)

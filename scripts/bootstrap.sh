@@ -119,6 +119,11 @@ command -v kubectl >/dev/null \
     || apt_install kubernetes-client "renders deploy/kubernetes/ offline (kubectl kustomize)"
 command -v promtool >/dev/null \
     || apt_install prometheus "checks deploy/kubernetes/ alert rules (promtool)"
+# The realistic benchmark scenes (benchmarks/realistic) are drawn from these two packages' files.
+[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] \
+    || apt_install fonts-noto-color-emoji "the realistic scenes' objects are its emoji"
+[ -f /usr/share/backgrounds/seeding_by_Clements_Engelhardt.jpg ] \
+    || apt_install lomiri-wallpapers-16.04 "the realistic scenes' backgrounds are its photos"
 
 printf 'MLASSIST_VENV=%q\nMLASSIST_LS_VENV=%q\nMLASSIST_AZURITE=%q\n' \
     "$VENV" "$LS_VENV" "$AZURITE_DIR/node_modules/.bin/azurite-blob"
