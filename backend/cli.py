@@ -113,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     sync.add_argument("--project", type=int, help="the project (default: SYNC_PROJECT)")
     sync.add_argument("--watch", action="store_true",
                       help="keep syncing every SYNC_INTERVAL seconds until stopped")
+    weights = commands.add_parser("weights", help="fetch or import pretrained weights into "
+                                                  "the torch cache")
+    weights.add_argument("action", choices=("fetch", "import"))
+    weights.add_argument("file", nargs="?", type=Path, help="import: the weights file")
+    weights.add_argument("--arch", help="fetch: architecture (default: MODEL_ARCH)")
+    kind = weights.add_mutually_exclusive_group()
+    kind.add_argument("--coco", dest="kind", action="store_const", const="coco",
+                      help="fetch: the detector's COCO weights (default: MODEL_WEIGHTS)")
+    kind.add_argument("--imagenet", dest="kind", action="store_const", const="imagenet",
+                      help="fetch: its backbone's ImageNet weights")
     args = parser.parse_args(argv)
 
     if args.command == "settings":
@@ -125,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arch.name:40s} {arch.note}")  # noqa: T201 - CLI output
         return 0
     try:
+        if args.command == "weights":
+            from backend.model.weights import weights_command
+
+            if args.action == "import" and not args.file:
+                parser.error("weights import needs a FILE")
+            weights_command(args.action, args.arch, args.kind, args.file)
+            return 0
         settings = Settings.from_env()
         configure_logging(settings.log_level)
         if args.command == "serve":

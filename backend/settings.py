@@ -145,6 +145,10 @@ class Settings:
         "MODEL_WEIGHTS_FALLBACK", _choice("error", "none"), "error",
         "When COCO or ImageNet weights are absent: `error` stops start-up (and an ImageNet "
         "start's training), `none` serves an untrained model (and trains from scratch).")
+    weights_base_url: str = setting(
+        "WEIGHTS_BASE_URL", _url, "https://download.pytorch.org/models",
+        "Where `mlassist weights fetch` downloads torchvision's weight files from (replaces "
+        "the start of torchvision's URLs; a mirror, or a loopback server in tests).")
     device: str = setting("DEVICE", _device, "auto", f"Torch device: {DEVICES_HELP}.")
     torch_threads: int = setting(
         "TORCH_THREADS", _non_negative_int, "0",

