@@ -2,7 +2,8 @@
 # Run the performance benchmarks one after another (never two at once: they share the cores)
 # and write their JSON to benchmarks/results/. About 30 minutes on 2 cores.
 #   benchmarks/run.sh            serving, loop (2,000 and 20,000 tasks), sync, training, interactive
-#   benchmarks/run.sh --all      also learning, export and replay (about 25 minutes more)
+#   benchmarks/run.sh --all      also learning, export, pretrained and replay (about 35
+#                                minutes more)
 #   benchmarks/run.sh serving    one of them by name
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,5 +34,6 @@ want training && run training benchmarks/training.py --out "$OUT/training.json"
 want interactive && run interactive benchmarks/interactive.py --out "$OUT/interactive.json"
 want_extra learning && run learning benchmarks/learning.py --out "$OUT/learning.json"
 want_extra export && run export benchmarks/export.py --out "$OUT/export.json"
+want_extra pretrained && run pretrained benchmarks/pretrained.py --out "$OUT/pretrained.json"
 want_extra replay && run replay benchmarks/replay.py --out "$OUT/replay.json" --plots "$OUT"
 printf '[benchmarks] results in %s; the table is benchmarks/README.md\n' "$OUT" >&2

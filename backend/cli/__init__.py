@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backend.cli import coco, info, jobs, models, project, serve, sync
+from backend.cli import coco, info, jobs, models, project, serve, sync, weights
 from backend.cli.output import configure_logging
 from backend.core.errors import MLAssistError
 from backend.core.settings import Settings
 
 DESCRIPTION = "MLAssist: ML-assisted bounding-box labeling for Label Studio."
-SUBCOMMAND_MODULES = (serve, info, models, jobs, coco, project, sync)
+SUBCOMMAND_MODULES = (serve, info, models, jobs, coco, project, sync, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -73,10 +73,10 @@ def _device(value: str) -> str:
 
 def _weights(value: str) -> str:
     value = value.strip()
-    if value.lower() in ("coco", "none"):
+    if value.lower() in ("coco", "imagenet", "none"):
         return value.lower()
     if not value:
-        raise ValueError("must be coco, none or the path of a checkpoint file")
+        raise ValueError("must be coco, imagenet, none or the path of a checkpoint file")
     return value
 
 
@@ -138,10 +138,17 @@ class Settings:
         "Detector architecture; see `mlassist archs` for the list.")
     model_weights: str = setting(
         "MODEL_WEIGHTS", _weights, "coco",
-        "`coco` (torchvision's COCO weights from the torch cache), `none`, or a checkpoint path.")
+        "`coco` (torchvision's COCO weights from the torch cache), `imagenet` (an ImageNet "
+        "backbone with new heads: training starts there), `none`, or a checkpoint path; "
+        "`mlassist weights fetch` gets the files.")
     model_weights_fallback: str = setting(
         "MODEL_WEIGHTS_FALLBACK", _choice("error", "none"), "error",
-        "When COCO weights are absent: `error` stops start-up, `none` serves an untrained model.")
+        "When COCO or ImageNet weights are absent: `error` stops start-up (and an ImageNet "
+        "start's training), `none` serves an untrained model (and trains from scratch).")
+    weights_base_url: str = setting(
+        "WEIGHTS_BASE_URL", _url, "https://download.pytorch.org/models",
+        "Where `mlassist weights fetch` downloads torchvision's weight files from (replaces "
+        "the start of torchvision's URLs; a mirror, or a loopback server in tests).")
     device: str = setting("DEVICE", _device, "auto", f"Torch device: {DEVICES_HELP}.")
     torch_threads: int = setting(
         "TORCH_THREADS", _non_negative_int, "0",

@@ -21,8 +21,9 @@ from backend.model.architectures import (
     build_coco_model,
     build_untrained_model,
     coco_class_names,
-    coco_weights_path,
+    has_coco_weights,
 )
+from backend.model.backbones import build_imagenet_model, imagenet_weights_path
 from backend.model.checkpoint import file_digest, load_checkpoint
 
 if TYPE_CHECKING:
@@ -38,28 +39,29 @@ class ModelSpec:
     """Which weights to load and the version string stamped on every prediction."""
 
     arch: str
-    weights: str  # "coco", "none" or a checkpoint path
+    weights: str  # "coco", "imagenet", "none" or a checkpoint path
     fallback: str  # "error" or "none"
     version: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelSpec:
-        weights = settings.model_weights
-        if weights == "coco" and settings.model_weights_fallback == "none" \
-                and not coco_weights_path(settings.model_arch).is_file():
+        weights, arch = settings.model_weights, settings.model_arch
+        missing = (weights == "coco" and not has_coco_weights(arch)) or (
+            weights == "imagenet" and not imagenet_weights_path(arch).is_file())
+        if missing and settings.model_weights_fallback == "none":
             # Decided here, not at load time, so /setup never announces a version that the
             # predictions will not carry.
-            logger.warning("COCO weights for %s are not at %s; MODEL_WEIGHTS_FALLBACK=none: "
-                           "serving an untrained model", settings.model_arch,
-                           coco_weights_path(settings.model_arch))
+            logger.warning("%s weights for %s are not in the torch cache; "
+                           "MODEL_WEIGHTS_FALLBACK=none: serving an untrained model",
+                           weights, arch)
             weights = "none"
-        if weights in ("coco", "none"):
-            version = f"{settings.model_arch}-{'coco' if weights == 'coco' else 'untrained'}"
+        if weights in ("coco", "imagenet", "none"):
+            version = f"{arch}-{'untrained' if weights == 'none' else weights}"
         else:
             path = Path(weights).expanduser()
             if not path.is_file():
-                raise ModelError(f"MODEL_WEIGHTS={weights} is neither coco, none nor an "
-                                 "existing checkpoint file")
+                raise ModelError(f"MODEL_WEIGHTS={weights} is neither coco, imagenet, none nor "
+                                 "an existing checkpoint file")
             version = f"{path.stem}-{file_digest(path)[:10]}"
         return cls(settings.model_arch, weights, settings.model_weights_fallback, version)
 
@@ -129,11 +131,15 @@ def load_detector(spec: ModelSpec, device: str = "auto", threads: int = 0,
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
-    if spec.weights == "coco":
+    if spec.weights in ("coco", "imagenet"):
         try:
-            model = build_coco_model(spec.arch)
-            return Detector(model, coco_class_names(spec.arch), spec.version, device,
-                            runtime=runtime, threads=threads)
+            names = coco_class_names(spec.arch)
+            # An ImageNet start has new heads: it serves (nearly) nothing until trained, but
+            # it is what the first training round of a project starts from.
+            model = build_coco_model(spec.arch) if spec.weights == "coco" else \
+                build_imagenet_model(spec.arch, num_classes=len(names))[0]
+            return Detector(model, names, spec.version, device, runtime=runtime,
+                            threads=threads)
         except ModelError as exc:
             if spec.fallback != "none":
                 raise

@@ -2,8 +2,9 @@
 
 1. read the project's config and labeled tasks, load images through the cache;
 2. split by task id (frozen), refuse to run without enough validation images;
-3. start from the champion (same labels), a re-headed champion (labels changed), COCO weights
-   (when in the torch cache) or scratch; train a fixed number of steps;
+3. start from the champion (same labels), a re-headed champion (labels changed), an ImageNet
+   backbone (MODEL_WEIGHTS=imagenet), COCO weights (when in the torch cache) or scratch;
+   train a fixed number of steps;
 4. evaluate candidate and champion on the same validation set, calibrate per-class thresholds;
 5. record the version (promoted or rejected, with the reason) in the registry.
 """
@@ -20,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from backend.core.errors import NotEnoughLabels
+from backend.core.errors import ModelError, NotEnoughLabels
 from backend.core.settings import Settings
 from backend.labelstudio.client import LabelStudioAPI
 from backend.labelstudio.label_config import parse_label_config
 from backend.media.images import ImageFetcher
-from backend.model.architectures import build_coco_model, build_model, coco_weights_path
+from backend.model.architectures import build_coco_model, build_model, has_coco_weights
+from backend.model.backbones import build_imagenet_model
 from backend.model.checkpoint import load_checkpoint, save_checkpoint
 from backend.model.dataset import (
     DatasetReport,
@@ -81,7 +83,8 @@ class RoundResult:
 
 
 def _starting_model(arch: str, class_names: list[str], registry: Registry, project: int,
-                    champion: dict[str, Any] | None) -> tuple[Any, str, str | None]:
+                    champion: dict[str, Any] | None,
+                    settings: Settings) -> tuple[Any, str, str | None]:
     """(model, where it started from, parent version)."""
     model = build_model(arch, num_classes=len(class_names))
     if champion is not None and champion.get("arch") == arch:
@@ -92,7 +95,18 @@ def _starting_model(arch: str, class_names: list[str], registry: Registry, proje
         counts = transfer_weights(model, checkpoint["state_dict"])
         return model, (f"champion {champion['version']} re-headed for the new label set "
                        f"({counts['fresh']} tensors fresh)"), champion["version"]
-    if coco_weights_path(arch).is_file():
+    if settings.model_weights == "imagenet":
+        try:
+            pretrained, counts = build_imagenet_model(arch, num_classes=len(class_names))
+        except ModelError as exc:
+            if settings.model_weights_fallback != "none":
+                raise
+            logger.warning("%s; MODEL_WEIGHTS_FALLBACK=none: training from scratch", exc)
+            return model, "scratch (no usable ImageNet weights in the torch cache)", None
+        fresh = f", {counts['fresh']} of its tensors fresh" if counts["fresh"] else ""
+        return pretrained, (f"ImageNet backbone ({counts['loaded']} tensors{fresh}; heads "
+                            "fresh)"), None
+    if has_coco_weights(arch):
         counts = transfer_weights(model, build_coco_model(arch).state_dict())
         return model, f"COCO weights ({counts['fresh']} head tensors fresh)", None
     return model, "scratch (no champion, no COCO weights in the torch cache)", None
@@ -182,7 +196,8 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
             f"held out); labels read: {report.to_dict()}")
 
     champion = registry.champion(project)
-    model, started_from, parent = _starting_model(arch, class_names, registry, project, champion)
+    model, started_from, parent = _starting_model(arch, class_names, registry, project, champion,
+                                                  settings)
     train_config = TrainConfig(steps=steps or settings.train_steps,
                                batch_size=settings.train_batch_size, lr=settings.train_lr,
                                seed=settings.train_seed, device=device)
