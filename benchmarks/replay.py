@@ -321,9 +321,9 @@ def summary(args: argparse.Namespace, per_task: list[dict[str, Any]],
         **{k: sum(t[k] for t in per_task) for k in ("accepted", "edited", "deleted", "drawn")},
         "share_not_drawn": round(1 - sum(t["drawn"] for t in per_task) / max(truth_total, 1), 3),
         "last_100_share_correct_prelabels": share_correct(per_task[-100:]),
-        "share_correct_prelabels_by_third": [share_correct(per_task[i * third:(i + 1) * third])
-                                             if i < 2 else share_correct(per_task[2 * third:])
-                                             for i in range(3)],
+        "share_correct_prelabels_by_third": [share_correct(per_task[a:b]) for a, b in
+                                             ((0, third), (third, 2 * third),
+                                              (2 * third, len(per_task)))],
         "effort": effort(args, per_task),
         "first_promoted_model_labeled_tasks": promoted[0]["labeled_tasks"] if promoted
         else None,

@@ -104,6 +104,10 @@ class ProjectLock:
                                "duplicated")
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let the lock go now; only this holder's token releases it, so twice is harmless."""
         self._stop.set()
         with contextlib.suppress(Exception):
             self.redis.eval(self._release, 1, self.key, self.token)

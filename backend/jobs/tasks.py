@@ -128,8 +128,7 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
         except NotEnoughLabels as exc:
             return {"status": "not enough labels", "reason": str(exc)}
         except HandedBack as exc:
-            lock.__exit__()  # first, so the next worker finds the project free (the finally's
-            # second release is a no-op: the lock is released only by its own token)
+            lock.release()  # first, so the next worker finds the project free
             requeued = ctx.queue.request_training(project)
             ctx.queue.record_training(project, "handed_back")
             logger.warning("project %s: %s; queued again as %s", project, exc,

@@ -40,12 +40,17 @@ def torch_hub_dir() -> Path:
     return Path(os.getenv("TORCH_HOME", os.path.join(cache, "torch"))).expanduser() / "hub"
 
 
+def checkpoints_dir() -> Path:
+    """torch.hub's checkpoints folder, where torchvision's `load_state_dict_from_url` looks."""
+    return torch_hub_dir() / "checkpoints"
+
+
 def coco_weights_path(arch: str) -> Path:
     """Where torchvision caches the COCO weights file of `arch` (cheap: no torch import)."""
     spec = get_architecture(arch)
     if spec.coco_file is None:
         raise ModelError(f"{arch} has no COCO weights; use MODEL_WEIGHTS=imagenet or none")
-    return torch_hub_dir() / "checkpoints" / spec.coco_file
+    return checkpoints_dir() / spec.coco_file
 
 
 def has_coco_weights(arch: str) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.core.errors import ModelError
-from backend.model.architectures import builder, get_architecture, torch_hub_dir
+from backend.model.architectures import builder, checkpoints_dir, get_architecture
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,7 +35,7 @@ IMAGENET_PREFIXES = ("backbone.features.", "backbone.body.")
 
 def imagenet_weights_path(arch: str) -> Path:
     """Where torchvision caches the ImageNet file of `arch`'s backbone (no torch import)."""
-    return torch_hub_dir() / "checkpoints" / get_architecture(arch).imagenet_file
+    return checkpoints_dir() / get_architecture(arch).imagenet_file
 
 
 def missing_imagenet_message(arch: str) -> str:

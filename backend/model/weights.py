@@ -29,7 +29,7 @@ import requests
 from backend.core.errors import ModelError
 from backend.core.files import atomic_file
 from backend.core.settings import Settings
-from backend.model.architectures import get_architecture, torch_hub_dir
+from backend.model.architectures import checkpoints_dir, get_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ class WeightFile:
     @property
     def path(self) -> Path:
         return checkpoints_dir() / self.name
-
-
-def checkpoints_dir() -> Path:
-    """torch.hub's checkpoints folder, where torchvision's `load_state_dict_from_url` looks."""
-    return torch_hub_dir() / "checkpoints"
 
 
 def hash_prefix(name: str) -> str:
