@@ -28,6 +28,7 @@ from backend.model.registry import AzureBlobStore, LocalStore, Registry
 from tests.labels import CONFIG, regions_of
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer
 from tests.redis_server import RedisServer
+from tests.review_e2e import check_review
 from tests.services import Backend, mlassist_bin
 
 pytestmark = pytest.mark.e2e
@@ -252,6 +253,11 @@ def test_full_loop_sync_label_train_on_one_worker_prelabel_on_another(
         assert list((tmp_path / "backend" / "models" / "cache").rglob("*.pt"))
         assert json.loads(mlassist(role("admin"), "status", "--project", str(project))
                           )["champion"]["version"] == version
+
+        # The review: the promotion's, then errors made on purpose found (tests/review_e2e.py).
+        check_review(client, label_studio.url, project, version, registry,
+                     tasks[FULL_LABELED:FULL_LABELED + 12], seed_of_task, FULL_LABELED,
+                     lambda *args: mlassist(role("admin"), *args), backend.url, AUTH)
 
         # New blobs: the sync imports them, TASKS_CREATED reaches the backend, and the
         # champion pre-annotates them within seconds.

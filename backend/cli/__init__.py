@@ -1,19 +1,20 @@
 """The `mlassist` command. Each subcommand's parser and handler live together in one module
-of this package (serve, info, models, jobs, coco, project, sync); this file only gathers them,
-reads the settings once, and turns MLAssistError into one line and exit status 2."""
+of this package (serve, info, models, jobs, coco, project, review, sync, weights); this file
+only gathers them, reads the settings once, and turns MLAssistError into one line and exit
+status 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from backend.cli import coco, info, jobs, models, project, serve, sync, weights
+from backend.cli import coco, info, jobs, models, project, review, serve, sync, weights
 from backend.cli.output import configure_logging
 from backend.core.errors import MLAssistError
 from backend.core.settings import Settings
 
 DESCRIPTION = "MLAssist: ML-assisted bounding-box labeling for Label Studio."
-SUBCOMMAND_MODULES = (serve, info, models, jobs, coco, project, sync, weights)
+SUBCOMMAND_MODULES = (serve, info, models, jobs, coco, project, review, sync, weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,113 +7,20 @@ documentation cannot drift from the code.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from backend.core import parsers as parse
 from backend.core.errors import SettingsError
 
-DEVICES_HELP = "cpu, cuda, cuda:N or auto"
 
-
-def _url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http(s) URL with a host, e.g. http://localhost:8080")
-    return value.rstrip("/")
-
-
-def _redis_url(value: str) -> str:
-    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    return value
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if not 0 < number < 2**53:
-        raise ValueError("must be a positive integer")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be 0 or a positive integer")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError("must be a positive, finite number")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 <= number <= 1.0:  # also refuses NaN
-        raise ValueError("must be a number between 0 and 1")
-    return number
-
-
-def _device(value: str) -> str:
-    value = value.strip().lower()
-    if value in ("cpu", "cuda", "auto"):
-        return value
-    if value.startswith("cuda:") and value[5:].isdigit():
-        return value
-    raise ValueError(f"must be one of {DEVICES_HELP}")
-
-
-def _weights(value: str) -> str:
-    value = value.strip()
-    if value.lower() in ("coco", "imagenet", "none"):
-        return value.lower()
-    if not value:
-        raise ValueError("must be coco, imagenet, none or the path of a checkpoint file")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        value = value.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a valid regular expression ({exc})") from None
-    return value
-
-
-def _host_list(value: str) -> tuple[str, ...]:
-    return tuple(item.strip().lower() for item in value.split(",") if item.strip())
-
-
-def _path(value: str) -> Path:
-    return Path(value).expanduser()
-
-
-def _text(value: str) -> str:
-    return value
-
-
-def setting(env: str, parse: Callable[[str], Any], default: str | None, doc: str,
+def setting(env: str, parser: Callable[[str], Any], default: str | None, doc: str,
             secret: bool = False) -> Any:
     """Declare one setting: its variable name, parser, default (None = required) and doc."""
-    return field(repr=not secret, metadata={"env": env, "parse": parse, "default": default,
+    return field(repr=not secret, metadata={"env": env, "parse": parser, "default": default,
                                             "doc": doc, "secret": secret})
 
 
@@ -122,206 +29,222 @@ class Settings:
     """All of MLAssist's configuration, read once from the environment."""
 
     label_studio_url: str = setting(
-        "LABEL_STUDIO_URL", _url, None,
+        "LABEL_STUDIO_URL", parse.url, None,
         "Base URL the backend uses to reach Label Studio (API, uploaded images, presign).")
     label_studio_api_key: str = setting(
-        "LABEL_STUDIO_API_KEY", _text, None,
+        "LABEL_STUDIO_API_KEY", parse.text, None,
         "Label Studio legacy token or personal access token (JWT); both work.", secret=True)
     redis_url: str = setting(
-        "REDIS_URL", _redis_url, "redis://localhost:6379/0",
+        "REDIS_URL", parse.redis_url, "redis://localhost:6379/0",
         "Redis used by the job queues and locks.")
     model_dir: Path = setting(
-        "MODEL_DIR", _path, "~/.local/share/mlassist/models",
+        "MODEL_DIR", parse.path, "~/.local/share/mlassist/models",
         "Directory of the model registry (checkpoints, versions).")
     model_arch: str = setting(
-        "MODEL_ARCH", _text, "ssdlite320_mobilenet_v3_large",
+        "MODEL_ARCH", parse.text, "ssdlite320_mobilenet_v3_large",
         "Detector architecture; see `mlassist archs` for the list.")
     model_weights: str = setting(
-        "MODEL_WEIGHTS", _weights, "coco",
+        "MODEL_WEIGHTS", parse.weights, "coco",
         "`coco` (torchvision's COCO weights from the torch cache), `imagenet` (an ImageNet "
         "backbone with new heads: training starts there), `none`, or a checkpoint path; "
         "`mlassist weights fetch` gets the files.")
     model_weights_fallback: str = setting(
-        "MODEL_WEIGHTS_FALLBACK", _choice("error", "none"), "error",
+        "MODEL_WEIGHTS_FALLBACK", parse.choice("error", "none"), "error",
         "When COCO or ImageNet weights are absent: `error` stops start-up (and an ImageNet "
         "start's training), `none` serves an untrained model (and trains from scratch).")
     weights_base_url: str = setting(
-        "WEIGHTS_BASE_URL", _url, "https://download.pytorch.org/models",
+        "WEIGHTS_BASE_URL", parse.url, "https://download.pytorch.org/models",
         "Where `mlassist weights fetch` downloads torchvision's weight files from (replaces "
         "the start of torchvision's URLs; a mirror, or a loopback server in tests).")
-    device: str = setting("DEVICE", _device, "auto", f"Torch device: {DEVICES_HELP}.")
+    device: str = setting("DEVICE", parse.device, "auto", f"Torch device: {parse.DEVICES_HELP}.")
     torch_threads: int = setting(
-        "TORCH_THREADS", _non_negative_int, "0",
+        "TORCH_THREADS", parse.non_negative_int, "0",
         "Torch (and ONNX Runtime) threads per process: each web worker, each RQ worker; 0 = "
         "CPU cores / WEB_WORKERS in the server, torch's default in RQ workers. Set it per role "
         "when a server and a worker share cores.")
     inference_runtime: str = setting(
-        "INFERENCE_RUNTIME", _choice("auto", "onnxruntime", "torch"), "auto",
+        "INFERENCE_RUNTIME", parse.choice("auto", "onnxruntime", "torch"), "auto",
         "What runs the model forward: `auto` = ONNX Runtime for SSD models on the CPU (about "
         "3x faster, checked against torch at load) and torch otherwise; `onnxruntime` "
         "requires it; `torch` = eager torch.")
     basic_auth_user: str = setting(
-        "BASIC_AUTH_USER", _text, "",
+        "BASIC_AUTH_USER", parse.text, "",
         "HTTP Basic user required on every route but /health (empty = auth off).")
     basic_auth_pass: str = setting(
-        "BASIC_AUTH_PASS", _text, "", "HTTP Basic password (set both or neither).", secret=True)
+        "BASIC_AUTH_PASS", parse.text, "", "HTTP Basic password (set both or neither).",
+        secret=True)
     allowed_image_hosts: tuple[str, ...] = setting(
-        "ALLOWED_IMAGE_HOSTS", _host_list, "",
+        "ALLOWED_IMAGE_HOSTS", parse.host_list, "",
         "Comma list of extra hosts images may be fetched from (`host`, `host:port`, "
         "`*.domain`); the Label Studio host is always allowed.")
     score_threshold: float = setting(
-        "SCORE_THRESHOLD", _fraction, "0.5",
+        "SCORE_THRESHOLD", parse.fraction, "0.5",
         "Default minimum box score; a `model_score_threshold` attribute on the tag wins.")
     max_boxes_per_image: int = setting(
-        "MAX_BOXES_PER_IMAGE", _positive_int, "100", "Most boxes kept per image, best first.")
+        "MAX_BOXES_PER_IMAGE", parse.positive_int, "100", "Most boxes kept per image, best first.")
     max_image_bytes: int = setting(
-        "MAX_IMAGE_BYTES", _positive_int, str(50 * 1024 * 1024),
+        "MAX_IMAGE_BYTES", parse.positive_int, str(50 * 1024 * 1024),
         "Largest image download accepted, in bytes.")
     max_image_pixels: int = setting(
-        "MAX_IMAGE_PIXELS", _positive_int, "100000000",
+        "MAX_IMAGE_PIXELS", parse.positive_int, "100000000",
         "Largest image accepted, in pixels (guards against decompression bombs).")
     image_fetch_timeout: float = setting(
-        "IMAGE_FETCH_TIMEOUT", _positive_float, "15",
+        "IMAGE_FETCH_TIMEOUT", parse.positive_float, "15",
         "Seconds allowed to download one image, in total.")
     predict_batch_size: int = setting(
-        "PREDICT_BATCH_SIZE", _positive_int, "4", "Images per model forward in /predict.")
+        "PREDICT_BATCH_SIZE", parse.positive_int, "4", "Images per model forward in /predict.")
     predict_time_budget: float = setting(
-        "PREDICT_TIME_BUDGET", _positive_float, "80",
+        "PREDICT_TIME_BUDGET", parse.positive_float, "80",
         "Seconds one /predict may spend; Label Studio gives up after 100 s and keeps nothing.")
     interactive_time_budget: float = setting(
-        "INTERACTIVE_TIME_BUDGET", _positive_float, "3",
+        "INTERACTIVE_TIME_BUDGET", parse.positive_float, "3",
         "Seconds a smart-tool request (a click or rough box) may spend before the GrabCut "
         "fallback is skipped; Label Studio waits up to 100 s, the annotator much less.")
     interactive_min_score: float = setting(
-        "INTERACTIVE_MIN_SCORE", _fraction, "0.05",
+        "INTERACTIVE_MIN_SCORE", parse.fraction, "0.05",
         "Lowest score of a model box a smart-tool click or rough box may pick.")
     max_request_bytes: int = setting(
-        "MAX_REQUEST_BYTES", _positive_int, str(64 * 1024 * 1024),
+        "MAX_REQUEST_BYTES", parse.positive_int, str(64 * 1024 * 1024),
         "Largest request body accepted, in bytes.")
-    host: str = setting("HOST", _text, "0.0.0.0", "Address `mlassist serve` binds.")  # noqa: S104
-    port: int = setting("PORT", _positive_int, "9090", "Port `mlassist serve` binds.")
+    host: str = setting("HOST", parse.text, "0.0.0.0", "Address `mlassist serve` binds.")  # noqa: S104
+    port: int = setting("PORT", parse.positive_int, "9090", "Port `mlassist serve` binds.")
     web_workers: int = setting(
-        "WEB_WORKERS", _positive_int, "1", "Gunicorn worker processes (each loads the model).")
+        "WEB_WORKERS", parse.positive_int, "1", "Gunicorn worker processes (each loads the model).")
     web_threads: int = setting(
-        "WEB_THREADS", _positive_int, "4",
+        "WEB_THREADS", parse.positive_int, "4",
         "Threads per worker; model forwards are serialized per process.")
     web_timeout: int = setting(
-        "WEB_TIMEOUT", _positive_int, "120",
+        "WEB_TIMEOUT", parse.positive_int, "120",
         "Gunicorn worker timeout in seconds (above PREDICT_TIME_BUDGET).")
     registry_azure_container: str = setting(
-        "REGISTRY_AZURE_CONTAINER", _text, "",
+        "REGISTRY_AZURE_CONTAINER", parse.text, "",
         "Azure Blob container holding the model registry, shared by every machine "
         "(empty = the local MODEL_DIR).")
     azure_storage_connection_string: str = setting(
-        "AZURE_STORAGE_CONNECTION_STRING", _text, "",
+        "AZURE_STORAGE_CONNECTION_STRING", parse.text, "",
         "Connection string of the storage account (needed with REGISTRY_AZURE_CONTAINER).",
         secret=True)
     image_cache_dir: Path = setting(
-        "IMAGE_CACHE_DIR", _path, "~/.cache/mlassist/images",
+        "IMAGE_CACHE_DIR", parse.path, "~/.cache/mlassist/images",
         "Where training keeps downloaded task images, keyed by the task's image reference.")
     train_steps: int = setting(
-        "TRAIN_STEPS", _positive_int, "500",
+        "TRAIN_STEPS", parse.positive_int, "500",
         "Optimizer steps per training round (about 4.5 min for SSDlite on 2 CPU cores).")
     train_batch_size: int = setting(
-        "TRAIN_BATCH_SIZE", _positive_int, "4", "Images per training step (at least 2).")
-    train_lr: float = setting("TRAIN_LR", _positive_float, "0.001", "Peak AdamW learning rate.")
-    train_seed: int = setting("TRAIN_SEED", _non_negative_int, "0", "Seed of a training round.")
+        "TRAIN_BATCH_SIZE", parse.positive_int, "4", "Images per training step (at least 2).")
+    train_lr: float = setting(
+        "TRAIN_LR", parse.positive_float, "0.001", "Peak AdamW learning rate.")
+    train_seed: int = setting(
+        "TRAIN_SEED", parse.non_negative_int, "0", "Seed of a training round.")
     validation_fraction: float = setting(
-        "VALIDATION_FRACTION", _fraction, "0.2",
+        "VALIDATION_FRACTION", parse.fraction, "0.2",
         "Share of labeled tasks held out for validation (chosen by a hash of the task id).")
     min_validation_images: int = setting(
-        "MIN_VALIDATION_IMAGES", _positive_int, "5",
+        "MIN_VALIDATION_IMAGES", parse.positive_int, "5",
         "Validation images needed before a model can be measured, hence trained.")
     target_precision: float = setting(
-        "TARGET_PRECISION", _fraction, "0.9",
+        "TARGET_PRECISION", parse.fraction, "0.9",
         "Precision each class's calibrated pre-label threshold must reach on validation.")
     prelabel_uncalibrated: str = setting(
-        "PRELABEL_UNCALIBRATED", _choice("hide", "show"), "hide",
+        "PRELABEL_UNCALIBRATED", parse.choice("hide", "show"), "hide",
         "Classes of a trained model that cannot reach TARGET_PRECISION: `hide` their boxes, "
         "or `show` them at SCORE_THRESHOLD.")
     promotion_margin: float = setting(
-        "PROMOTION_MARGIN", _fraction, "0.01",
+        "PROMOTION_MARGIN", parse.fraction, "0.01",
         "AP50 a candidate must gain over the champion (same validation set) to be promoted.")
     min_first_ap50: float = setting(
-        "MIN_FIRST_AP50", _fraction, "0.3", "AP50 the first model of a project must reach.")
+        "MIN_FIRST_AP50", parse.fraction, "0.3", "AP50 the first model of a project must reach.")
     keep_versions: int = setting(
-        "KEEP_VERSIONS", _positive_int, "10",
+        "KEEP_VERSIONS", parse.positive_int, "10",
         "Checkpoints kept per project (the champion always is); older records stay.")
     webhook_secret: str = setting(
-        "WEBHOOK_SECRET", _text, "",
+        "WEBHOOK_SECRET", parse.text, "",
         "Shared secret Label Studio's webhooks send in the X-MLAssist-Secret header "
         "(`mlassist connect` sets it up); /webhook also accepts Basic auth.", secret=True)
     backend_public_url: str = setting(
-        "BACKEND_PUBLIC_URL", _url, "http://localhost:9090",
+        "BACKEND_PUBLIC_URL", parse.url, "http://localhost:9090",
         "URL Label Studio uses to reach this backend (`mlassist connect` registers it).")
     train_min_labeled: int = setting(
-        "TRAIN_MIN_LABELED", _positive_int, "30",
+        "TRAIN_MIN_LABELED", parse.positive_int, "30",
         "Labeled tasks before a project's first training (about 6 held out for validation).")
     train_every: int = setting(
-        "TRAIN_EVERY", _positive_int, "50",
+        "TRAIN_EVERY", parse.positive_int, "50",
         "Newly labeled tasks after which a project trains again.")
     train_growth: float = setting(
-        "TRAIN_GROWTH", _fraction, "0.5",
+        "TRAIN_GROWTH", parse.fraction, "0.5",
         "... or when the labeled tasks grew by this fraction since the last training "
         "(frequent rounds early on); 0 = off.")
+    review_min_issue: float = setting(
+        "REVIEW_MIN_ISSUE", parse.fraction, "0.3",
+        "Issue score from which a labeled task is flagged for review (`mlassist review`, the "
+        "Data Manager tab `mlassist: review`); 0 flags every scored task.")
+    review_min_score: float = setting(
+        "REVIEW_MIN_SCORE", parse.fraction, "0.5",
+        "Lowest detection score the review trusts, for classes without a calibrated "
+        "threshold (a calibrated one above it wins).")
+    review_max_flagged: int = setting(
+        "REVIEW_MAX_FLAGGED", parse.positive_int, "500",
+        "Most tasks marked for review in Label Studio per pass, worst first (one task update "
+        "each); the report keeps every score.")
     job_lock_ttl: int = setting(
-        "JOB_LOCK_TTL", _positive_int, "60",
+        "JOB_LOCK_TTL", parse.positive_int, "60",
         "Seconds a project's training/pre-label lock outlives a worker killed while holding "
         "it (renewed every quarter of this while the worker lives).")
     reconcile_interval: int = setting(
-        "RECONCILE_INTERVAL", _positive_int, "300",
+        "RECONCILE_INTERVAL", parse.positive_int, "300",
         "Seconds between reconciliation passes of `mlassist worker` (catches lost webhooks).")
     worker_stop_timeout: int = setting(
-        "WORKER_STOP_TIMEOUT", _positive_int, "240",
+        "WORKER_STOP_TIMEOUT", parse.positive_int, "240",
         "Seconds `mlassist worker` gives its running job after SIGTERM: a training hands "
         "itself back (queued again) within a step; a job still running then is killed and "
         "retried elsewhere. Keep it under the pod's terminationGracePeriodSeconds.")
     pushback_batch: int = setting(
-        "PUSHBACK_BATCH", _positive_int, "1000",
+        "PUSHBACK_BATCH", parse.positive_int, "1000",
         "Tasks per pre-annotation batch (one bulk import into Label Studio per batch; each "
         "import costs Label Studio about 3 s at 20,000 tasks whatever its size).")
     sync_project: int = setting(
-        "SYNC_PROJECT", _non_negative_int, "0",
+        "SYNC_PROJECT", parse.non_negative_int, "0",
         "Project `mlassist sync` imports into when `--project` is not given (containers).")
     sync_heartbeat_file: str = setting(
-        "SYNC_HEARTBEAT_FILE", _text, "",
+        "SYNC_HEARTBEAT_FILE", parse.text, "",
         "File `mlassist sync --watch` touches while it works (`mlassist healthcheck sync`).")
     sync_container: str = setting(
-        "SYNC_CONTAINER", _text, "",
+        "SYNC_CONTAINER", parse.text, "",
         "Azure Blob container `mlassist sync` imports from (with AZURE_STORAGE_CONNECTION_STRING).")
     sync_account_url: str = setting(
-        "SYNC_ACCOUNT_URL", _text, "",
+        "SYNC_ACCOUNT_URL", parse.text, "",
         "Blob service URL (instead of a connection string), with AZURE_STORAGE_KEY, "
         "AZURE_STORAGE_SAS, or DefaultAzureCredential when azure-identity is installed.")
     azure_storage_key: str = setting(
-        "AZURE_STORAGE_KEY", _text, "", "Account key for SYNC_ACCOUNT_URL.", secret=True)
+        "AZURE_STORAGE_KEY", parse.text, "", "Account key for SYNC_ACCOUNT_URL.", secret=True)
     azure_storage_sas: str = setting(
-        "AZURE_STORAGE_SAS", _text, "",
+        "AZURE_STORAGE_SAS", parse.text, "",
         "SAS token for SYNC_ACCOUNT_URL (read + list; it is also put in task URLs).",
         secret=True)
     sync_local_dir: str = setting(
-        "SYNC_LOCAL_DIR", _text, "",
+        "SYNC_LOCAL_DIR", parse.text, "",
         "A local directory to sync instead of a container (no Azure needed).")
     sync_local_url_prefix: str = setting(
-        "SYNC_LOCAL_URL_PREFIX", _text, "",
+        "SYNC_LOCAL_URL_PREFIX", parse.text, "",
         "URL prefix of files from SYNC_LOCAL_DIR, e.g. `/data/local-files/?d=images/` when "
         "Label Studio serves local files from the directory above.")
-    sync_prefix: str = setting("SYNC_PREFIX", _text, "", "Only blobs under this prefix.")
+    sync_prefix: str = setting("SYNC_PREFIX", parse.text, "", "Only blobs under this prefix.")
     sync_recursive: str = setting(
-        "SYNC_RECURSIVE", _choice("true", "false"), "true",
+        "SYNC_RECURSIVE", parse.choice("true", "false"), "true",
         "Whether blobs in sub-folders of the prefix are imported.")
     sync_pattern: str = setting(
-        "SYNC_PATTERN", _regex, r"(?i)\.(jpe?g|png|bmp|gif|tiff?|webp)$",
+        "SYNC_PATTERN", parse.regex, r"(?i)\.(jpe?g|png|bmp|gif|tiff?|webp)$",
         "Regular expression a blob name must match (default: image extensions).")
     sync_interval: int = setting(
-        "SYNC_INTERVAL", _positive_int, "60", "Seconds between passes of `mlassist sync --watch`.")
+        "SYNC_INTERVAL", parse.positive_int, "60",
+        "Seconds between passes of `mlassist sync --watch`.")
     sync_batch: int = setting(
-        "SYNC_BATCH", _positive_int, "500", "Tasks per import request.")
+        "SYNC_BATCH", parse.positive_int, "500", "Tasks per import request.")
     sync_sas_ttl_hours: float = setting(
-        "SYNC_SAS_TTL_HOURS", _positive_float, "168",
+        "SYNC_SAS_TTL_HOURS", parse.positive_float, "168",
         "Lifetime of the read-only SAS URLs put in tasks; re-signed when a third is left.")
     log_level: str = setting(
-        "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.")
+        "LOG_LEVEL", parse.choice("debug", "info", "warning", "error"), "info", "Log level.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -44,7 +44,8 @@ def dashboard() -> str:
         status = project_status(project, app.settings, api, app.registry, None)
     stats = app.stats_cache.get(api, project, assignment["labelers"] if assignment else None)
     versions = app.registry.versions(project)
+    review = app.registry.review(project)
     return render_template("dashboard.html", project=project, ls_url=ls_url,
-                           status=status, stats=stats, versions=versions,
+                           status=status, stats=stats, versions=versions, review=review,
                            assignment=assignment, jobs_error=jobs_error,
                            curve=learning_curve_svg(versions), cache_s=int(CACHE_S))

@@ -258,6 +258,13 @@ class JobQueue:
         return self._enqueue_once("pushback", project, PREDICT_QUEUE,
                                   "backend.jobs.tasks.push_back", (project,), PREDICT_TIMEOUT_S)
 
+    def request_review(self, project: int) -> str | None:
+        """Queue a suspected-label-error review of the project's labeled tasks (single
+        flight); on the training queue, whose workers hold the images in their cache."""
+        return self._enqueue_once("review", project, TRAINING_QUEUE,
+                                  "backend.jobs.review.review_labels", (project,),
+                                  PREDICT_TIMEOUT_S)
+
     def request_new_tasks(self, project: int, task_ids: list[int]) -> str:
         """Queue predictions for tasks Label Studio just created."""
         job = self.queue(PREDICT_QUEUE).enqueue(

@@ -49,4 +49,14 @@ def project_status(project: int, settings: Settings, api: LabelStudioAPI, regist
             settings.train_growth),
         "jobs": jobs.jobs(project) if jobs is not None else
         {"queued": [], "running": [], "failed": []},
+        "review": _review_brief(registry.review(project)),
     }
+
+
+def _review_brief(review: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The last suspected-label-error review's counts (tools/review.py), without its tasks."""
+    if review is None:
+        return None
+    return {key: review.get(key) for key in ("champion", "created_at", "labeled_tasks",
+                                             "scored", "not_scored", "flagged", "min_issue",
+                                             "issues_by_kind")}

@@ -143,6 +143,7 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
             ctx.queue.clear_forced(project)
         if result.promoted:
             ctx.queue.request_pushback(project)
+            ctx.queue.request_review(project)
     finally:
         lock.__exit__()
     # A training that finds new labels due runs once more.
@@ -380,6 +381,8 @@ def reconcile(context: Context | None = None) -> dict[str, Any]:
         champion = ctx.registry.champion(project)
         if champion is None:
             continue
+        if (ctx.registry.review(project) or {}).get("champion") != champion["version"]:
+            ctx.queue.request_review(project)  # the promotion's request was lost
         done = ctx.queue.pushback_done(project) or {}
         # A new champion, failed tasks, or tasks whose TASKS_CREATED was lost.
         tasks = int(ctx.api.project(project).get("task_number") or 0)

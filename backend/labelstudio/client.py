@@ -176,10 +176,18 @@ class LabelStudioAPI:
         return self._task_walk(project, after_id, limit, unlabeled_only=False, full=True,
                                labeled_only=True)
 
+    def flagged_task_page(self, project: int, field: str, after_id: int,
+                          limit: int) -> list[dict]:
+        """Up to `limit` tasks with id > after_id whose `data.<field>` is a number above 0."""
+        return self._task_walk(project, after_id, limit, unlabeled_only=False, full=False,
+                               extra=[{"filter": f"filter:tasks:data.{field}",
+                                       "operator": "greater", "type": "Number", "value": 0}])
+
     def _task_walk(self, project: int, after_id: int, limit: int, unlabeled_only: bool,
-                   full: bool, labeled_only: bool = False) -> list[dict]:
+                   full: bool, labeled_only: bool = False,
+                   extra: list[dict] | None = None) -> list[dict]:
         items: list[dict] = [{"filter": "filter:tasks:id", "operator": "greater",
-                              "type": "Number", "value": after_id}]
+                              "type": "Number", "value": after_id}, *(extra or [])]
         if unlabeled_only or labeled_only:
             items.append({"filter": "filter:tasks:total_annotations",
                           "operator": "equal" if unlabeled_only else "greater",

@@ -65,6 +65,14 @@ def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.maximum(area + areas - inter, 1e-12))
 
 
+def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of every box (rows) with every other box (columns), xyxy; shape [N, M]."""
+    matrix = np.zeros((len(boxes), len(others)))
+    for row, box in enumerate(boxes):
+        matrix[row] = _iou(box, others)
+    return matrix
+
+
 def match_detections(truths: Sequence[ImageTruth], predictions: Sequence[ImagePrediction],
                      class_index: int, iou: float = MATCH_IOU) -> tuple[np.ndarray, np.ndarray,
                                                                           int]:

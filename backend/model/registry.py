@@ -341,6 +341,14 @@ class Registry:
             entry["pruned"] = True
         return pruned
 
+    def review(self, project: int) -> dict[str, Any] | None:
+        """The project's last suspected-label-error review (tools/review.py), if any."""
+        raw = self.store.read(f"{project}/review.json")
+        return dict(json.loads(raw)) if raw else None
+
+    def save_review(self, project: int, report: dict[str, Any]) -> None:
+        self.store.write(f"{project}/review.json", json.dumps(report, indent=1).encode())
+
     def _save(self, project: int, state: dict[str, Any]) -> None:
         self.store.write(f"{project}/registry.json",
                          json.dumps(state, indent=1, sort_keys=True).encode())

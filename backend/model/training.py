@@ -227,6 +227,9 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
         "train_labels": len(train_items), "val_images": len(val_items),
         "labeled_tasks": labeled_tasks if labeled_tasks is not None else report.tasks_labeled,
         "val_task_ids": sorted({item[0].task_id for item in val_items}),
+        # which labeled tasks this model saw: the review scores a task only with a model
+        # that did not (tools/review.py)
+        "train_task_ids": sorted({item[0].task_id for item in train_items}),
         "champion_metrics_same_val": champion_metrics.to_dict() if champion_metrics else None,
         "train_config": train_config.to_dict(), "started_from": started_from,
         "reason": reason, "created_at": time.time(), "loss": curve["loss_every_10_steps"],
