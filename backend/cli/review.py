@@ -18,7 +18,7 @@ def register(commands: Any) -> None:
                          "list the labeled tasks most likely mislabeled (after a review ran)")
     review.add_argument("--project", type=int, required=True, help="Label Studio project id")
     review.add_argument("--top", type=int, default=20, help="tasks to list (default 20)")
-    review.add_argument("--run", action="store_true",
+    review.add_argument("--run", action="store_true", dest="now",  # `run` is the handler
                         help="review now, in the foreground, with the champion and earlier "
                              "versions (a promotion queues one on the workers anyway)")
     review.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -54,7 +54,7 @@ def _print(report: dict[str, Any], top: int) -> None:
 
 
 def run_review(settings: Settings, args: argparse.Namespace) -> None:
-    if args.run:
+    if args.now:
         _run_now(settings, args.project)
     report = open_registry(settings).review(args.project)
     if report is None:
