@@ -7,107 +7,30 @@ documentation cannot drift from the code.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from backend.core.errors import SettingsError
-
-DEVICES_HELP = "cpu, cuda, cuda:N or auto"
-
-
-def _url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http(s) URL with a host, e.g. http://localhost:8080")
-    return value.rstrip("/")
-
-
-def _redis_url(value: str) -> str:
-    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
-    return value
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if not 0 < number < 2**53:
-        raise ValueError("must be a positive integer")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be 0 or a positive integer")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError("must be a positive, finite number")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0.0 <= number <= 1.0:  # also refuses NaN
-        raise ValueError("must be a number between 0 and 1")
-    return number
-
-
-def _device(value: str) -> str:
-    value = value.strip().lower()
-    if value in ("cpu", "cuda", "auto"):
-        return value
-    if value.startswith("cuda:") and value[5:].isdigit():
-        return value
-    raise ValueError(f"must be one of {DEVICES_HELP}")
-
-
-def _weights(value: str) -> str:
-    value = value.strip()
-    if value.lower() in ("coco", "imagenet", "none"):
-        return value.lower()
-    if not value:
-        raise ValueError("must be coco, imagenet, none or the path of a checkpoint file")
-    return value
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        value = value.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a valid regular expression ({exc})") from None
-    return value
-
-
-def _host_list(value: str) -> tuple[str, ...]:
-    return tuple(item.strip().lower() for item in value.split(",") if item.strip())
-
-
-def _path(value: str) -> Path:
-    return Path(value).expanduser()
-
-
-def _text(value: str) -> str:
-    return value
+from backend.core.parsers import (
+    DEVICES_HELP,
+    _choice,
+    _device,
+    _fraction,
+    _host_list,
+    _non_negative_float,
+    _non_negative_int,
+    _path,
+    _positive_float,
+    _positive_int,
+    _redis_url,
+    _regex,
+    _text,
+    _url,
+    _weights,
+)
 
 
 def setting(env: str, parse: Callable[[str], Any], default: str | None, doc: str,
@@ -320,6 +243,31 @@ class Settings:
     sync_sas_ttl_hours: float = setting(
         "SYNC_SAS_TTL_HOURS", _positive_float, "168",
         "Lifetime of the read-only SAS URLs put in tasks; re-signed when a third is left.")
+    task_order: str = setting(
+        "TASK_ORDER", _choice("mean-score", "detection"), "detection",
+        "What a push-back prediction's `score` says: `mean-score` = the mean shown box score "
+        "(low = uncertain), `detection` = 1 - the task's usefulness from the ORDER_WEIGHT_* "
+        "signals (backend/serving/ordering.py). Either way ascending = most useful first; a "
+        "box's own score stays its confidence.")
+    order_weight_uncertainty: float = setting(
+        "ORDER_WEIGHT_UNCERTAINTY", _non_negative_float, "1",
+        "Weight of the mean box-score entropy in the detection order.")
+    order_weight_flip: float = setting(
+        "ORDER_WEIGHT_FLIP", _non_negative_float, "0",
+        "Weight of flip instability (1 - mean IoU of boxes on the image and its mirror); "
+        "above 0 costs a second forward per task, which benchmarks/ordering.py did not repay.")
+    order_weight_diversity: float = setting(
+        "ORDER_WEIGHT_DIVERSITY", _non_negative_float, "0.5",
+        "Weight of greedy k-center diversity over the tasks' predicted class profiles (a "
+        "cheap proxy, not a backbone embedding), within one push-back page.")
+    order_weight_rare: float = setting(
+        "ORDER_WEIGHT_RARE", _non_negative_float, "0.5",
+        "Weight of the rare-class bonus: box score x sqrt((fewest + 1) / (class + 1)) "
+        "training boxes per class of the champion.")
+    order_priority_field: str = setting(
+        "ORDER_PRIORITY_FIELD", _choice("false", "true"), "false",
+        "Also write the usefulness into `data.mlassist_priority` (sorted by the Data Manager "
+        "tab `mlassist: next`); costs a read and a PATCH per task.")
     log_level: str = setting(
         "LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level.")
 

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from backend.core.settings import Settings
 
 FLIP_MATCH_FLOOR = 0.3  # boxes below this are left out of the flip comparison
 
@@ -41,6 +44,19 @@ class OrderWeights:
 
     def total(self) -> float:
         return self.uncertainty + self.flip + self.diversity + self.rare
+
+
+@dataclass(frozen=True)
+class OrderOptions:
+    """The detection order of one model: weights and its training boxes per class name."""
+
+    weights: OrderWeights
+    train_counts: Mapping[str, int]
+
+    def class_weights(self, class_names: Sequence[str]) -> np.ndarray:
+        return class_rarity({k: int(self.train_counts.get(name, 0))
+                             for k, name in enumerate(class_names) if k > 0}
+                            if self.train_counts else {}, len(class_names))
 
 
 @dataclass(frozen=True)
@@ -178,3 +194,21 @@ def priorities(signals: Sequence[TaskSignals], weights: OrderWeights,
         if weights.diversity:
             nearest = np.minimum(nearest, _distance(profiles[pick], profiles))
     return [round(float(v), 6) for v in result]
+
+
+def apply_priorities(items: list[dict], weights: OrderWeights) -> None:
+    """Replace the `signals` of prediction items by `priority` and `score` = 1 - priority,
+    so Label Studio's ascending prediction-score sort serves the most useful task first."""
+    ranked = [item for item in items if "signals" in item]
+    for item, value in zip(ranked, priorities([item.pop("signals") for item in ranked],
+                                              weights), strict=True):
+        item["priority"], item["score"] = value, round(1.0 - value, 6)
+
+
+def options_for(settings: Settings, champion: Mapping[str, Any]) -> OrderOptions | None:
+    """The detection order of a champion under TASK_ORDER (None: the mean-score order)."""
+    if settings.task_order != "detection":
+        return None
+    weights = OrderWeights(settings.order_weight_uncertainty, settings.order_weight_flip,
+                           settings.order_weight_diversity, settings.order_weight_rare)
+    return OrderOptions(weights, dict(champion.get("train_class_counts") or {}))
