@@ -99,3 +99,10 @@ def path(value: str) -> Path:
 
 def text(value: str) -> str:
     return value
+
+
+def non_negative_float(value: str) -> float:
+    number = float(value)
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError("must be 0 or a positive, finite number")
+    return number

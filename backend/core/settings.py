@@ -243,6 +243,31 @@ class Settings:
     sync_sas_ttl_hours: float = setting(
         "SYNC_SAS_TTL_HOURS", parse.positive_float, "168",
         "Lifetime of the read-only SAS URLs put in tasks; re-signed when a third is left.")
+    task_order: str = setting(
+        "TASK_ORDER", parse.choice("mean-score", "detection"), "detection",
+        "What a push-back prediction's `score` says: `mean-score` = the mean shown box score "
+        "(low = uncertain), `detection` = 1 - the task's usefulness from the ORDER_WEIGHT_* "
+        "signals (backend/serving/ordering.py). Either way ascending = most useful first; a "
+        "box's own score stays its confidence.")
+    order_weight_uncertainty: float = setting(
+        "ORDER_WEIGHT_UNCERTAINTY", parse.non_negative_float, "1",
+        "Weight of the mean box-score entropy in the detection order.")
+    order_weight_flip: float = setting(
+        "ORDER_WEIGHT_FLIP", parse.non_negative_float, "0",
+        "Weight of flip instability (1 - mean IoU of boxes on the image and its mirror); "
+        "above 0 costs a second forward per task, which benchmarks/ordering.py did not repay.")
+    order_weight_diversity: float = setting(
+        "ORDER_WEIGHT_DIVERSITY", parse.non_negative_float, "0.5",
+        "Weight of greedy k-center diversity over the tasks' predicted class profiles (a "
+        "cheap proxy, not a backbone embedding), within one push-back page.")
+    order_weight_rare: float = setting(
+        "ORDER_WEIGHT_RARE", parse.non_negative_float, "0.5",
+        "Weight of the rare-class bonus: box score x sqrt((fewest + 1) / (class + 1)) "
+        "training boxes per class of the champion.")
+    order_priority_field: str = setting(
+        "ORDER_PRIORITY_FIELD", parse.choice("false", "true"), "false",
+        "Also write the usefulness into `data.mlassist_priority` (sorted by the Data Manager "
+        "tab `mlassist: next`); costs a read and a PATCH per task.")
     log_level: str = setting(
         "LOG_LEVEL", parse.choice("debug", "info", "warning", "error"), "info", "Log level.")
 

@@ -34,7 +34,9 @@ from backend.labelstudio.client import LabelStudioAPI
 from backend.labelstudio.label_config import parse_label_config
 from backend.media.images import ImageFetcher
 from backend.model.registry import Registry, open_registry
+from backend.serving.ordering import options_for
 from backend.serving.predictions import PredictOptions, Predictor
+from backend.tools.priority import import_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +167,7 @@ def _predictions(version: str, tasks: list[dict], predictor: Predictor, detector
         return [], 0
     items = predictor.predict(detector, todo, config)
     predictions = [{"task": task["id"], "result": item["result"], "score": item["score"],
-                    "model_version": version}
+                    "model_version": version, **{k: item[k] for k in ("priority",) if k in item}}
                    for task, item in zip(todo, items, strict=True) if "result" in item]
     return predictions, len(todo) - len(predictions)
 
@@ -175,7 +177,8 @@ def _predict_and_import(ctx: Context, project: int, version: str, tasks: list[di
     """Predict the tasks that still need this version; bulk import. (imported, failed)."""
     predictions, failed = _predictions(version, tasks, predictor, detector, config)
     if predictions:
-        ctx.api.import_predictions(project, predictions)
+        import_predictions(ctx.api, project, predictions,
+                           ctx.settings.order_priority_field == "true")
     return len(predictions), failed
 
 
@@ -216,7 +219,7 @@ def _champion_predictor(ctx: Context, project: int,
         score_threshold=s.score_threshold, max_boxes=s.max_boxes_per_image,
         batch_size=max(s.predict_batch_size, PUSHBACK_FORWARD_BATCH),
         time_budget=float(PREDICT_TIMEOUT_S),
-        show_uncalibrated=s.prelabel_uncalibrated == "show"),
+        show_uncalibrated=s.prelabel_uncalibrated == "show", order=options_for(s, champion)),
         on_stage=clock.add if clock is not None else None)
     config = parse_label_config(ctx.api.project(project)["label_config"])
     return detector, predictor, config, version
@@ -237,8 +240,8 @@ class _PushBackWalk:
     def import_page(self, predictions: list[dict], failed: int, seen: int,
                     cursor: int) -> tuple[int, int, int, int]:
         if predictions:
-            self.clock.timed("import", self.ctx.api.import_predictions, self.project,
-                             predictions)
+            self.clock.timed("import", import_predictions, self.ctx.api, self.project,
+                             predictions, self.ctx.settings.order_priority_field == "true")
         return len(predictions), failed, seen, cursor
 
     def finish(self, page: tuple[int, int, int, int]) -> bool:

@@ -170,6 +170,14 @@ def _champion_metrics(registry: Registry, project: int, champion: dict | None,
     return coco_metrics(truths, old_predictions, class_names)
 
 
+def _class_counts(items: list, class_names: list[str]) -> dict[str, int]:
+    """Training boxes per class name (the detection order's rare-class bonus reads them)."""
+    counts = np.bincount(np.concatenate([np.asarray(sample.labels, np.int64)
+                                         for sample, _ in items] or [np.zeros(0, np.int64)]),
+                         minlength=len(class_names))
+    return {name: int(counts[k]) for k, name in enumerate(class_names) if k > 0}
+
+
 def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: ImageFetcher,
                 registry: Registry, *, steps: int | None = None, device: str = "cpu",
                 progress: Callable[[int, int, float], None] | None = None,
@@ -225,10 +233,10 @@ def train_round(project: int, settings: Settings, api: LabelStudioAPI, fetcher: 
         "version": version, "arch": arch, "class_names": class_names, "parent": parent,
         "metrics": metrics.to_dict(), "thresholds": thresholds, "calibration": calibration,
         "train_labels": len(train_items), "val_images": len(val_items),
+        "train_class_counts": _class_counts(train_items, class_names),
         "labeled_tasks": labeled_tasks if labeled_tasks is not None else report.tasks_labeled,
         "val_task_ids": sorted({item[0].task_id for item in val_items}),
-        # which labeled tasks this model saw: the review scores a task only with a model
-        # that did not (tools/review.py)
+        # the review scores a task only with a model that did not see it (tools/review.py)
         "train_task_ids": sorted({item[0].task_id for item in train_items}),
         "champion_metrics_same_val": champion_metrics.to_dict() if champion_metrics else None,
         "train_config": train_config.to_dict(), "started_from": started_from,

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from PIL import ImageOps
 
 from backend.core.errors import ImageError
 from backend.labelstudio.boxes import task_score, to_region
 from backend.labelstudio.label_config import BoxTarget, LabelConfig, map_classes
 from backend.media.images import ImageFetcher, LoadedImage, decode_image
 from backend.model.detector import Detections, Detector
+from backend.serving import ordering
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class PredictOptions:
     batch_size: int = 4
     time_budget: float = 80.0
     show_uncalibrated: bool = False
+    order: ordering.OrderOptions | None = None  # None: the score is the mean box score
 
 
 @dataclass
@@ -115,6 +118,23 @@ def _class_map(class_names: tuple[str, ...], target: BoxTarget) -> dict[int, str
     return map_classes(class_names, target)
 
 
+def _signals(detector: Detector, order: ordering.OrderOptions, work: _TaskWork,
+             detections: dict[str, Detections],
+             flipped: Detections | None) -> ordering.TaskSignals:
+    """The ordering signals of a task's first image (raw detections, before thresholds)."""
+    key = next(iter(work.images))
+    found = detections[key]
+    flip = 0.0
+    if flipped is not None:
+        flip = ordering.flip_instability(
+            found.boxes, found.scores, found.labels,
+            ordering.unflip(flipped.boxes, work.images[key].width), flipped.scores,
+            flipped.labels)
+    return ordering.task_signals(found.scores, found.labels,
+                                 order.class_weights(detector.class_names),
+                                 order.weights.floor, flip)
+
+
 class Predictor:
     """Fetches task images, runs the detector in batches, and builds Label Studio results."""
 
@@ -146,16 +166,19 @@ class Predictor:
                     work.reason = "time_budget"
             ready = [work for work in works if work.error is None]
             started = time.perf_counter()
-            detections = self._detect(detector, ready, config)
+            detections, flipped = self._detect(detector, ready, config)
             formatted = time.perf_counter()
             for work in works:
                 if work.error is not None:
                     items[work.index] = self._error_item(detector, work)
                 else:
                     items[work.index] = self._result_item(detector, work, config,
-                                                          detections[work.index])
+                                                          detections[work.index],
+                                                          flipped.get(work.index))
             self._on_stage("forward", formatted - started)
             self._on_stage("results", time.perf_counter() - formatted)
+        if self.options.order is not None:
+            ordering.apply_priorities(items, self.options.order.weights)
         return items
 
     def _load(self, value: object, task_id: int | None) -> LoadedImage:
@@ -221,8 +244,10 @@ class Predictor:
                 work.reason = work.reason or "internal"
         return work
 
-    def _detect(self, detector: Detector, works: list[_TaskWork],
-                config: LabelConfig) -> dict[int, dict[str, Detections]]:
+    def _detect(self, detector: Detector, works: list[_TaskWork], config: LabelConfig
+                ) -> tuple[dict[int, dict[str, Detections]], dict[int, Detections]]:
+        """Detections per task and image key, and (ORDER_WEIGHT_FLIP > 0) those of each
+        task's first image mirrored."""
         keyed = [(work.index, key, image) for work in works
                  for key, image in work.images.items()]
         outputs = detector.predict([image.image for _, _, image in keyed],
@@ -230,10 +255,20 @@ class Predictor:
         detections: dict[int, dict[str, Detections]] = {}
         for (index, key, _), output in zip(keyed, outputs, strict=True):
             detections.setdefault(index, {})[key] = output
-        return detections
+        flipped: dict[int, Detections] = {}
+        order = self.options.order
+        if order is not None and order.weights.flip > 0:
+            firsts = {work.index: next(iter(work.images.values())) for work in works
+                      if work.images}
+            mirrored = detector.predict([ImageOps.mirror(image.image)
+                                         for image in firsts.values()],
+                                        batch_size=self.options.batch_size)
+            flipped = dict(zip(firsts, mirrored, strict=True))
+        return detections, flipped
 
     def _result_item(self, detector: Detector, work: _TaskWork, config: LabelConfig,
-                     detections: dict[str, Detections]) -> dict:
+                     detections: dict[str, Detections],
+                     flipped: Detections | None = None) -> dict:
         regions: list[dict] = []
         for target in config.targets:
             if target.data_key not in detections:
@@ -243,11 +278,14 @@ class Predictor:
                                        work.images[target.data_key],
                                        threshold_rule(detector, target, self.options),
                                        self.options.max_boxes))
-        return {
+        item = {
             "result": regions,
             "score": task_score([region["score"] for region in regions]),
             "model_version": detector.version,
         }
+        if self.options.order is not None and detections:
+            item["signals"] = _signals(detector, self.options.order, work, detections, flipped)
+        return item
 
     def _error_item(self, detector: Detector, work: _TaskWork) -> dict:
         reason = work.reason or "error"
