@@ -37,9 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.labelstudio.boxes import task_score  # noqa: E402
-from backend.media.images import LoadedImage  # noqa: E402
 from backend.model.backbones import build_imagenet_model  # noqa: E402
-from backend.model.dataset import Sample  # noqa: E402
 from backend.model.engine import (  # noqa: E402
     DetectionDataset,
     TrainConfig,
@@ -49,12 +47,12 @@ from backend.model.engine import (  # noqa: E402
 )
 from backend.model.evaluation import ImagePrediction, coco_metrics, match_detections  # noqa: E402
 from backend.serving import ordering  # noqa: E402
-from benchmarks import realistic  # noqa: E402
 from benchmarks.imagenet import imagenet_torch_home, offline_weights_file  # noqa: E402
+from benchmarks.realistic.items import MODEL_CLASS_NAMES, scene_items  # noqa: E402
 from benchmarks.report import emit, machine  # noqa: E402
 
 ARCH = "ssdlite320_mobilenet_v2"
-CLASS_NAMES = ["__background__", *realistic.CLASS_NAMES]
+CLASS_NAMES = MODEL_CLASS_NAMES
 TEST_FIRST = 100_000
 SHOWN = 0.5  # the score a pre-label needs to be shown (SCORE_THRESHOLD)
 TARGETS = (0.15, 0.2, 0.25, 0.3)
@@ -65,18 +63,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def say(text: str) -> None:
     print(f"[ordering] {text}", file=sys.stderr, flush=True)
-
-
-def scene_items(indices: range) -> list[tuple[Sample, LoadedImage]]:
-    items = []
-    for index in indices:
-        scene = realistic.make_scene(index, "standard", 0)
-        items.append((Sample(task_id=index, data_key="image", reference=str(index),
-                             boxes=np.array(scene.boxes, np.float32).reshape(-1, 4),
-                             labels=np.array([CLASS_NAMES.index(n) for n in scene.labels],
-                                             np.int64), validation=False),
-                      LoadedImage(scene.image)))
-    return items
 
 
 def acceptance(predictions: list[ImagePrediction], truths: list) -> float | None:

@@ -27,6 +27,18 @@ def test_promotion_gate() -> None:
     assert promotion_decision({"ap50": 0.5}, {"ap50": 0.78}, 0.01, 0.3)[0] is False
 
 
+def test_first_model_passes_on_what_its_calibrated_prelabels_get_right() -> None:
+    weak = {"ap50": 0.19}
+    passed, reason = promotion_decision(weak, None, 0.01, 0.3, 0.1, assist=0.14)
+    assert passed and "14% of the validation boxes right (>= 10%)" in reason
+    refused, reason = promotion_decision(weak, None, 0.01, 0.3, 0.1, assist=0.06)
+    assert not refused and "6%" in reason and "< 10%" in reason
+    assert promotion_decision(weak, None, 0.01, 0.3, 0.1, assist=None)[0] is False
+    assert promotion_decision(weak, None, 0.01, 0.3, 0.0, assist=0.9)[0] is False  # off
+    # a champion is only ever beaten on AP50, however helpful the candidate's pre-labels
+    assert promotion_decision(weak, {"ap50": 0.5}, 0.01, 0.3, 0.1, assist=0.9)[0] is False
+
+
 def fake_checkpoint(tmp_path: Path, name: str, payload: bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(payload)

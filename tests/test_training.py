@@ -13,7 +13,7 @@ from backend.labelstudio.client import LabelStudioAuth
 from backend.media.images import ImageFetcher
 from backend.model.detector import checkpoint_detector
 from backend.model.registry import LocalStore, Registry
-from backend.model.training import train_round
+from backend.model.training import round_steps, train_round
 from tests.conftest import make_settings
 from tests.labels import FakeLabelStudio, exported_tasks
 
@@ -121,3 +121,16 @@ def test_broken_images_are_skipped_and_counted(tmp_path: Path, registry: Registr
     result = run(tmp_path, tasks, registry, steps=2)
     assert result.dataset["skipped"] == {"image_not_an_image": 1, "image_host_not_allowed": 1}
     assert result.train_images + result.val_images == 10
+
+
+def test_round_steps_grow_with_the_training_set(tmp_path: Path) -> None:
+    fixed = settings_for(tmp_path, TRAIN_STEPS="500")
+    assert round_steps(24, fixed) == round_steps(2000, fixed) == 500  # TRAIN_EPOCHS off
+    growing = settings_for(tmp_path, TRAIN_STEPS="1500", TRAIN_EPOCHS="10",
+                           TRAIN_BATCH_SIZE="4")
+    assert round_steps(24, growing) == 500  # 60 steps: TRAIN_MIN_STEPS' 500 instead
+    assert round_steps(300, growing) == 750  # 10 passes over 300 images, 4 a step
+    assert round_steps(301, growing) == 753
+    assert round_steps(1000, growing) == 1500  # 2,500 capped at TRAIN_STEPS
+    short = settings_for(tmp_path, TRAIN_STEPS="20", TRAIN_EPOCHS="10")
+    assert round_steps(300, short) == 20  # TRAIN_STEPS caps the floor too

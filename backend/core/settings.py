@@ -129,7 +129,16 @@ class Settings:
         "Where training keeps downloaded task images, keyed by the task's image reference.")
     train_steps: int = setting(
         "TRAIN_STEPS", parse.positive_int, "500",
-        "Optimizer steps per training round (about 4.5 min for SSDlite on 2 CPU cores).")
+        "Optimizer steps per training round (about 4.5 min for SSDlite on 2 CPU cores); the "
+        "most a round takes when TRAIN_EPOCHS is set.")
+    train_epochs: float = setting(
+        "TRAIN_EPOCHS", parse.non_negative_float, "0",
+        "Rounds that grow with the training set: TRAIN_EPOCHS passes over its images, between "
+        "TRAIN_MIN_STEPS and TRAIN_STEPS steps (0 = always TRAIN_STEPS).")
+    train_min_steps: int = setting(
+        "TRAIN_MIN_STEPS", parse.positive_int, "500",
+        "The fewest steps a round takes with TRAIN_EPOCHS (fewer lost AP50 on 24 images: "
+        "benchmarks/curves.py).")
     train_batch_size: int = setting(
         "TRAIN_BATCH_SIZE", parse.positive_int, "4", "Images per training step (at least 2).")
     train_lr: float = setting(
@@ -153,7 +162,11 @@ class Settings:
         "PROMOTION_MARGIN", parse.fraction, "0.01",
         "AP50 a candidate must gain over the champion (same validation set) to be promoted.")
     min_first_ap50: float = setting(
-        "MIN_FIRST_AP50", parse.fraction, "0.3", "AP50 the first model of a project must reach.")
+        "MIN_FIRST_AP50", parse.fraction, "0.3", "AP50 the first model of a project must reach...")
+    min_first_assist: float = setting(
+        "MIN_FIRST_ASSIST", parse.fraction, "0.1",
+        "... or the share of validation boxes its calibrated pre-labels must get right "
+        "(0 = AP50 alone decides).")
     keep_versions: int = setting(
         "KEEP_VERSIONS", parse.positive_int, "10",
         "Checkpoints kept per project (the champion always is); older records stay.")

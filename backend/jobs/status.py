@@ -18,7 +18,8 @@ def _brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"version": record["version"], "status": record.get("status"),
             "ap50": metrics.get("ap50"), "ap": metrics.get("ap"),
             "train_labels": record.get("train_labels"), "reason": record.get("reason"),
-            "thresholds": record.get("thresholds")}
+            "thresholds": record.get("thresholds"),
+            "prelabels_on_validation": record.get("prelabels_on_validation")}
 
 
 def project_status(project: int, settings: Settings, api: LabelStudioAPI, registry: Registry,

@@ -11,6 +11,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -138,6 +139,95 @@ def calibrate_threshold(truths: Sequence[ImageTruth], predictions: Sequence[Imag
     answer.update(threshold=float(scores[cut]), precision=float(precision[cut]),
                   recall=float(true_positives[cut] / n_truth))
     return answer
+
+
+PRIOR_DETECTIONS = 10  # how many detections' worth of weight the pooled curve gets
+MIN_POOLED_DETECTIONS = 5  # benchmarks/calibration.py: 10 showed less at the same precision
+
+
+def calibrate_thresholds(truths: Sequence[ImageTruth], predictions: Sequence[ImagePrediction],
+                         class_names: Sequence[str], target_precision: float,
+                         prior: float = PRIOR_DETECTIONS,
+                         min_pooled: int = MIN_POOLED_DETECTIONS) -> dict[str, dict]:
+    """Per-class thresholds that lean on all classes together where a class has few boxes.
+
+    A class's precision at a threshold is estimated as (its true positives + `prior` x the
+    pooled precision of every class at that threshold) / (its kept detections + `prior`): a
+    class with many validation detections follows its own curve, a class with none (a rare
+    class absent from a small validation set) follows the pooled one. Its threshold is the
+    lowest score whose estimate reaches `target_precision` with at least `min_pooled`
+    detections of all classes kept, or None when none does.
+    (benchmarks/calibration.py measured this against each class alone on held-out images.)
+
+    Returns, per class name (index 0, the background, skipped): {"threshold", "precision" (the
+    estimate there), "recall" (its own, None without validation boxes), "best_precision"
+    (calibrate_threshold's, on its own boxes), "support": {"boxes", "detections"},
+    "source": "class" | "pooled" | None (whose curve decided)}.
+    """
+    matched = [match_detections(truths, predictions, k) for k in range(len(class_names))]
+    scores = np.concatenate([m[0] for m in matched[1:]] or [np.zeros(0)])
+    hits = np.concatenate([m[1] for m in matched[1:]] or [np.zeros(0, bool)])
+    order = np.argsort(-scores, kind="stable")
+    scores, hits = scores[order], hits[order]
+    kept = np.arange(1, len(scores) + 1)
+    pooled_precision = np.cumsum(hits) / np.maximum(kept, 1)
+    last_of_run = np.append(scores[1:] != scores[:-1], True) if len(scores) else scores > 0
+    cuts = np.where(last_of_run & (kept >= min_pooled))[0]
+    found: dict[str, dict] = {}
+    for k, name in enumerate(class_names):
+        if k == 0:
+            continue
+        own_scores, own_hits, n_truth = matched[k]
+        # per candidate cut (a pooled score): this class's kept detections and true positives
+        own_kept = np.searchsorted(-own_scores, -scores[cuts], side="right")
+        own_tp = np.concatenate([[0], np.cumsum(own_hits)])[own_kept]
+        estimate = (own_tp + prior * pooled_precision[cuts]) / (own_kept + prior)
+        entry: dict[str, Any] = {
+            "threshold": None, "precision": None, "recall": None,
+            "best_precision": calibrate_threshold(truths, predictions, k,
+                                                  target_precision)["best_precision"],
+            "support": {"boxes": int(n_truth), "detections": int(len(own_scores))},
+            "source": None}
+        reaching = np.where(estimate >= target_precision)[0]
+        if len(reaching):
+            at = int(reaching.max())
+            entry.update(threshold=float(scores[cuts[at]]), precision=float(estimate[at]),
+                         recall=float(own_tp[at] / n_truth) if n_truth else None,
+                         source="class" if own_kept[at] >= prior else "pooled")
+        found[name] = entry
+    return found
+
+
+Matched = tuple[np.ndarray, np.ndarray, int]  # match_detections of one class
+
+
+def shown_quality(truths: Sequence[ImageTruth], predictions: Sequence[ImagePrediction],
+                  class_names: Sequence[str], thresholds: dict[str, float | None]
+                  ) -> dict[str, float | int | None]:
+    """What pre-labels at `thresholds` would give on these images: the boxes shown, their
+    precision, and the share of ground-truth boxes they get right (same class, IoU >= 0.5).
+    A class without a threshold shows nothing."""
+    matched = [match_detections(truths, predictions, k) for k in range(len(class_names))]
+    return shown_quality_of(matched, class_names, thresholds)
+
+
+def shown_quality_of(matched: Sequence[Matched], class_names: Sequence[str],
+                     thresholds: dict[str, float | None]) -> dict[str, float | int | None]:
+    """shown_quality from each class's matches (index 0 ignored), for many thresholds."""
+    shown = hits = total = 0
+    for k, name in enumerate(class_names):
+        if k == 0:
+            continue
+        scores, hit, n_truth = matched[k]  # scores sorted high to low
+        total += n_truth
+        cut = thresholds.get(name)
+        if cut is None:
+            continue
+        kept = int(np.searchsorted(-scores, -cut, side="right"))
+        shown += kept
+        hits += int(hit[:kept].sum())
+    return {"shown": shown, "precision": hits / shown if shown else None,
+            "share_correct": hits / total if total else None}
 
 
 def coco_metrics(truths: Sequence[ImageTruth], predictions: Sequence[ImagePrediction],

@@ -40,16 +40,27 @@ class RegistryError(MLAssistError):
 
 
 def promotion_decision(candidate: dict[str, Any], champion: dict[str, Any] | None,
-                       margin: float, min_first: float) -> tuple[bool, str]:
+                       margin: float, min_first: float, min_first_assist: float = 0.0,
+                       assist: float | None = None) -> tuple[bool, str]:
     """Whether a candidate beats the champion; both measured on the same validation set.
 
-    Compares AP50 (what pre-labels live by), then AP to break ties within the margin.
+    Compares AP50 (what pre-labels live by), then AP to break ties within the margin. A first
+    model passes with AP50 >= `min_first`, or (when `min_first_assist` > 0) when `assist`,
+    the share of validation boxes its calibrated pre-labels get right, reaches it: what is
+    shown is gated by measured precision anyway, so a weak model that shows a few right boxes
+    already saves work.
     """
     ap50 = float(candidate.get("ap50") or 0.0)
     if champion is None:
         if ap50 >= min_first:
             return True, f"first model: AP50 {ap50:.3f} >= minimum {min_first:.3f}"
-        return False, f"first model: AP50 {ap50:.3f} < minimum {min_first:.3f}"
+        if min_first_assist > 0 and assist is not None and assist >= min_first_assist:
+            return True, (f"first model: AP50 {ap50:.3f} < minimum {min_first:.3f}, but its "
+                          f"calibrated pre-labels get {assist:.0%} of the validation boxes "
+                          f"right (>= {min_first_assist:.0%})")
+        return False, f"first model: AP50 {ap50:.3f} < minimum {min_first:.3f}" + (
+            f" and its calibrated pre-labels get {assist or 0:.0%} of the validation boxes "
+            f"right (< {min_first_assist:.0%})" if min_first_assist > 0 else "")
     best = float(champion.get("ap50") or 0.0)
     if ap50 >= best + margin:
         return True, f"AP50 {ap50:.3f} beats champion {best:.3f} by >= {margin:.3f}"
