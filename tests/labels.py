@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
 
 from backend.demo.scenes import LABEL_CONFIG, Scene, make_scene, scene_regions
 
@@ -59,8 +60,9 @@ class FakeLabelStudio:
                        key=lambda t: t["id"])
         return [dict(t) for t in found[:limit]]
 
-    def get_tasks(self, project: int, task_ids: list[int]) -> list[dict]:
-        return [dict(t) for t in self.tasks if t["id"] in task_ids]
+    def task_pages_by_id(self, project: int, task_ids: list[int]) -> Iterator[list[dict]]:
+        if found := [dict(t) for t in self.tasks if t["id"] in task_ids]:
+            yield found
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
         self.imports.append(predictions)

@@ -19,6 +19,7 @@ from redis import Redis
 
 from backend.demo.localstack import Process, free_port
 from backend.demo.scenes import make_scene
+from backend.labelstudio.client import labeled_task_count
 from backend.labelstudio.connect import SECRET_HEADER
 from backend.model.registry import LocalStore, Registry
 from tests import reliability
@@ -174,7 +175,7 @@ def test_redis_killed_during_a_webhook_burst_loses_no_label(
         assert "Traceback" not in (tmp_path / "backend.log").read_text()
 
         # Every submitted label is in the training's dataset.
-        labeled = int(api.project(project).get("num_tasks_with_annotations") or 0)
+        labeled = labeled_task_count(api.project(project))
         assert len(burst.annotations) == LABELS and labeled == LABELS
         record = versions[0]
         in_dataset = int(record["train_labels"]) + int(record["val_images"])

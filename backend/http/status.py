@@ -9,6 +9,7 @@ from backend.core.errors import BadRequest
 from backend.http.body import query_project
 from backend.http.services import services
 from backend.jobs.status import project_status
+from backend.labelstudio.client import labeled_task_count
 from backend.serving.champions import project_id
 from backend.tools.dashboard import CACHE_S, learning_curve_svg
 
@@ -31,7 +32,8 @@ def dashboard() -> str:
     raw = request.args.get("project")
     if raw is None:
         return render_template("dashboard.html", project=None, ls_url=ls_url,
-                               projects=api.projects())
+                               projects=[{**p, "labeled": labeled_task_count(p)}
+                                         for p in api.projects()])
     project = project_id(raw)
     if project is None:
         raise BadRequest("give the project as a number: /dashboard?project=ID")

@@ -7,7 +7,7 @@ from typing import Any
 from backend.core.settings import Settings
 from backend.jobs.policy import next_training_at
 from backend.jobs.queues import JobQueue
-from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.client import LabelStudioAPI, labeled_task_count
 from backend.model.registry import Registry
 
 
@@ -37,7 +37,7 @@ def project_status(project: int, settings: Settings, api: LabelStudioAPI, regist
         "project": project,
         "title": info.get("title"),
         "tasks": int(info.get("task_number") or 0),
-        "labeled": int(info.get("num_tasks_with_annotations") or 0),
+        "labeled": labeled_task_count(info),
         "project_model_version": info.get("model_version") or None,
         "champion": _brief(champion),
         "latest_candidate": _brief(latest) if latest is not None and (

@@ -30,7 +30,7 @@ from backend.jobs.queues import (
     ProjectLock,
     connect,
 )
-from backend.labelstudio.client import LabelStudioAPI
+from backend.labelstudio.client import LabelStudioAPI, labeled_task_count
 from backend.labelstudio.label_config import parse_label_config
 from backend.media.images import ImageFetcher
 from backend.model.registry import Registry, open_registry
@@ -71,10 +71,6 @@ def _training_progress(step: int, total: int, loss: float) -> None:
         _progress(stage="training", step=step, steps=total, loss=round(loss, 4))
 
 
-def labeled_count(project: dict[str, Any]) -> int:
-    return int(project.get("num_tasks_with_annotations") or 0)
-
-
 def _job_id() -> str | None:
     job = get_current_job()
     return str(job.id) if job is not None else None
@@ -107,7 +103,7 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
         return {"status": "deferred", "reason": "another training of this project is running"}
     try:
         forced = ctx.queue.is_forced(project)
-        labeled = labeled_count(ctx.api.project(project))
+        labeled = labeled_task_count(ctx.api.project(project))
         last = ctx.queue.last_trained(project)
         if last is None:  # Redis lost its state: the registry remembers the last round
             versions = ctx.registry.versions(project)
@@ -149,7 +145,7 @@ def train_project(project: int, context: Context | None = None) -> dict[str, Any
     finally:
         lock.__exit__()
     # A training that finds new labels due runs once more.
-    now = labeled_count(ctx.api.project(project))
+    now = labeled_task_count(ctx.api.project(project))
     if training_due(now, labeled, forced=False, min_labeled=s.train_min_labeled,
                     every=s.train_every, growth=s.train_growth).due:
         ctx.queue.request_training(project)
@@ -343,10 +339,13 @@ def predict_new_tasks(project: int, task_ids: list[int],
         if found is None:
             return {"status": "no champion"}
         detector, predictor, config, version = found
-        tasks = ctx.api.get_tasks(project, task_ids)
-        lock.ensure()
-        imported, failed = _predict_and_import(ctx, project, version, tasks, predictor,
-                                               detector, config)
+        imported = failed = 0
+        # A page at a time: a 5,000-task import never sits in memory whole.
+        for tasks in ctx.api.task_pages_by_id(project, task_ids):
+            lock.ensure()
+            done, lost = _predict_and_import(ctx, project, version, tasks, predictor,
+                                             detector, config)
+            imported, failed = imported + done, failed + lost
     finally:
         lock.__exit__()
     return {"status": "done", "version": version, "imported": imported, "failed": failed}

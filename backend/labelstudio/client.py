@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 REFRESH_MARGIN_S = 30.0
 REFRESH_TIMEOUT_S = 10.0
+# Ids at most this far apart are read in one walk (reading the few tasks between them costs
+# less than a request of its own).
+ID_RUN_GAP = 50
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -111,6 +115,26 @@ def _validation_errors(response: requests.Response) -> str:
         text = " ".join(str(m) for m in messages) if isinstance(messages, list) else ""
         parts.append(f"{field}: {text[:160]}")
     return (": " + "; ".join(parts)) if parts else ""
+
+
+def labeled_task_count(project: dict) -> int:
+    """Labeled tasks in a project record. Label Studio's `num_tasks_with_annotations` leaves
+    out imported annotations (it counts only those that are not ground truth, and an import
+    marks its annotations as ground truth); `finished_task_number` (tasks annotated as often
+    as the project asks) counts them."""
+    return max(int(project.get("num_tasks_with_annotations") or 0),
+               int(project.get("finished_task_number") or 0))
+
+
+def id_runs(ids: list[int], gap: int = ID_RUN_GAP) -> list[tuple[int, int]]:
+    """(first, last) of each run of sorted ids whose neighbours are at most `gap` apart."""
+    runs: list[tuple[int, int]] = []
+    for task_id in ids:
+        if runs and task_id - runs[-1][1] <= gap:
+            runs[-1] = (runs[-1][0], task_id)
+        else:
+            runs.append((task_id, task_id))
+    return runs
 
 
 class LabelStudioAPI:
@@ -228,14 +252,23 @@ class LabelStudioAPI:
             return None
         return int(found.get("total") or 0) if isinstance(found, dict) else None
 
-    def get_tasks(self, project: int, task_ids: list[int]) -> list[dict]:
-        """Specific tasks, with predictions and raw data."""
-        found = []
-        for task_id in task_ids:
-            task = self._call("GET", f"/api/tasks/{task_id}", params={"resolve_uri": "false"})
-            if isinstance(task, dict) and task.get("project") in (project, None):
-                found.append(task)
-        return found
+    def task_pages_by_id(self, project: int, task_ids: list[int],
+                         limit: int = 200) -> Iterator[list[dict]]:
+        """Pages of at most `limit` of the given tasks of the project (in id order, with
+        predictions and raw data): a keyset walk over each run of nearby ids, so the
+        consecutive ids of one import cost a request per page, not per task."""
+        wanted = set(task_ids)
+        for low, high in id_runs(sorted(wanted)):
+            after = low - 1
+            while after < high:
+                page = self._task_walk(project, after, limit, unlabeled_only=False, full=True,
+                                       extra=[{"filter": "filter:tasks:id", "operator": "less",
+                                               "type": "Number", "value": high + 1}])
+                if found := [task for task in page if task.get("id") in wanted]:
+                    yield found
+                if len(page) < limit:
+                    break
+                after = int(page[-1]["id"])
 
     def import_predictions(self, project: int, predictions: list[dict]) -> None:
         """Bulk-create predictions: [{"task", "result", "score", "model_version"}, ...]."""
