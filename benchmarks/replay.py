@@ -8,7 +8,10 @@ box that matches a ground-truth box (IoU >= 0.5, same class) is accepted as it i
 box that overlaps a remaining ground-truth box (IoU >= 0.1) is edited onto it, other predicted
 boxes are deleted, and ground-truth boxes nobody predicted are drawn. It then submits, marking
 each region's origin as Label Studio's editor does, and spends `--seconds-per-task` (a
-stand-in for human time) before the next task.
+stand-in for human time) before the next task. With `--pace human` it spends the effort
+model's time for what it did on the task whenever a training or pre-label job is queued or
+running, and `--seconds-per-task` only while the loop is idle (nothing can change then), so
+the labels a round sees are a person's at that speed, without the hours a person takes.
 
 The dataset is a COCO file with its images (`--coco FILE --images DIR`), or by default
 generated scenes: the shapes (default) or, with `--scenes realistic`, a realistic set from
@@ -21,7 +24,8 @@ Label Studio itself asks the backend for predictions of the task it serves next,
 first tasks carry (empty) predictions of the untrained base model; only trained versions
 count as pre-labels in the summary.
 
-    python benchmarks/replay.py [--tasks 300] [--seconds-per-task 2] [--out F] [--plots DIR]
+    python benchmarks/replay.py [--tasks 300] [--seconds-per-task 2] [--pace fixed|human]
+        [--out F] [--plots DIR]
         [--scenes shapes|realistic] [--preset standard|hard] [--seed 0]
         [--arch A] [--weights none|imagenet|coco] [--seconds-draw 7.0 ...]
 
@@ -37,6 +41,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +51,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.demo.localstack import Process, free_port  # noqa: E402
 from backend.demo.scenes import make_scene  # noqa: E402
+from backend.jobs.queues import PREDICT_QUEUE, TRAINING_QUEUE  # noqa: E402
 from backend.labelstudio.boxes import from_region_value, to_region  # noqa: E402
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from backend.model.registry import LocalStore, Registry  # noqa: E402
 from backend.tools.coco_import import import_coco, read_coco  # noqa: E402
 from benchmarks import realistic  # noqa: E402
 from benchmarks.replay_plots import plots  # noqa: E402
+from benchmarks.replay_summary import (  # noqa: E402
+    EFFORT_S,
+    pause_seconds,
+    summary,
+    task_seconds,
+)
 from benchmarks.report import emit, machine  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 from tests.redis_server import RedisServer, redis_binary  # noqa: E402
@@ -141,16 +153,6 @@ def review(predicted: list[dict], truth: list[tuple[tuple[float, ...], str]], wi
     return result, counts
 
 
-# Seconds per labeling action, for the effort estimate. Drawing a box: 7.0 s with extreme
-# clicking, the fastest drawing method measured (Papadopoulos et al., "Extreme clicking for
-# efficient object annotation", ICCV 2017; they quote 25.5 s for the classic click-and-drag
-# of Su et al., 2012, which Label Studio's rectangle tool is). Verifying a shown box: 1.6 s
-# (Papadopoulos et al., "We don't need no bounding-boxes", CVPR 2016). Adjusting a box:
-# a verification plus half a drawing, and deleting one: a verification plus a click (ours,
-# not measured). The low drawing time makes the saving a conservative one.
-EFFORT_S = {"draw": 7.0, "accept": 1.6, "edit": 1.6 + 3.5, "delete": 2.0}
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=300, help="generated scenes (default)")
@@ -162,6 +164,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="the realistic set's seed")
     parser.add_argument("--seconds-per-task", type=float, default=2.0,
                         help="simulated human time per task (default 2)")
+    parser.add_argument("--pace", choices=("fixed", "human"), default="fixed",
+                        help="fixed: --seconds-per-task for every task (default); human: "
+                             "while a training or pre-label job is queued or running, each "
+                             "task takes the effort model's time of what was done on it")
     parser.add_argument("--arch", help="MODEL_ARCH (default: MLAssist's default)")
     parser.add_argument("--weights", default="none",
                         help="MODEL_WEIGHTS: none (from scratch, default), imagenet, coco; "
@@ -220,12 +226,26 @@ def loop_env(args: argparse.Namespace, work: Path, ls_url: str, redis_url: str,
     return env
 
 
+def loop_busy(redis_url: str) -> Callable[[], bool]:
+    """Whether a training or pre-label job is queued or running."""
+    from redis import Redis
+    from rq import Queue
+    from rq.registry import StartedJobRegistry
+
+    connection = Redis.from_url(redis_url)
+    queues = [Queue(name, connection=connection) for name in (TRAINING_QUEUE, PREDICT_QUEUE)]
+    return lambda: any(queue.count or StartedJobRegistry(queue=queue).count
+                       for queue in queues)
+
+
 def label_every_task(args: argparse.Namespace, ls_url: str, project: int, registry: Registry,
                      truth: dict[str, list], sizes: dict[str, tuple[int, int]],
-                     started: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+                     started: float, busy: Callable[[], bool]
+                     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The simulated labeler, task by task in Label Studio's order, until none is left."""
     headers = {"Authorization": f"Token {ADMIN_TOKEN}"}
     per_task: list[dict[str, Any]] = []
+    clock = 0.0  # the labeler's own time (effort model), for the human pace
     first_prelabel: dict[str, int] = {}
     while True:
         answer = requests.get(f"{ls_url}/api/projects/{project}/next", headers=headers,
@@ -252,8 +272,10 @@ def label_every_task(args: argparse.Namespace, ls_url: str, project: int, regist
                          "prelabel_version": version,
                          "champion": champion["version"] if champion else None,
                          "champion_val_ap50": ((champion or {}).get("metrics") or {})
-                         .get("ap50"), "t": round(time.monotonic() - started, 1)})
-        time.sleep(args.seconds_per_task)
+                         .get("ap50"), "t": round(time.monotonic() - started, 1),
+                         "labeler_s": round(clock, 1)})
+        clock += task_seconds(args, counts)
+        time.sleep(pause_seconds(args, counts, busy))
 
 
 def replay(args: argparse.Namespace, report: dict[str, Any],
@@ -284,7 +306,8 @@ def replay(args: argparse.Namespace, report: dict[str, Any],
                     work / "connect.log").process.wait(60)
             registry = Registry(LocalStore(work / "models" / "registry"), work / "cache")
             per_task, first_prelabel = label_every_task(args, ls.url, project, registry,
-                                                        truth, sizes, started)
+                                                        truth, sizes, started,
+                                                        loop_busy(redis_server.url))
             return per_task, first_prelabel, registry.versions(project)
         finally:
             for process in reversed(processes):
@@ -293,51 +316,11 @@ def replay(args: argparse.Namespace, report: dict[str, Any],
             redis_server.stop()
 
 
-def share_correct(tasks: list[dict[str, Any]]) -> float:
-    """Ground-truth boxes that arrived as correct pre-labels, as a share."""
-    return round(sum(t["accepted"] for t in tasks)
-                 / max(sum(t["truth_boxes"] for t in tasks), 1), 3)
-
-
-def effort(args: argparse.Namespace, per_task: list[dict[str, Any]]) -> dict[str, Any]:
-    """Estimated labeling time with the assistance and without it (every box drawn)."""
-    seconds = {action: getattr(args, f"seconds_{action}") for action in EFFORT_S}
-    spent = {"draw": "drawn", "accept": "accepted", "edit": "edited", "delete": "deleted"}
-    assisted = sum(seconds[a] * sum(t[k] for t in per_task) for a, k in spent.items())
-    unassisted = seconds["draw"] * sum(t["truth_boxes"] for t in per_task)
-    return {"seconds_per_action": seconds, "assisted_hours": round(assisted / 3600, 2),
-            "unassisted_hours": round(unassisted / 3600, 2),
-            "saved_share": round(1 - assisted / unassisted, 3) if unassisted else None}
-
-
-def summary(args: argparse.Namespace, per_task: list[dict[str, Any]],
-            models: list[dict[str, Any]], started: float) -> dict[str, Any]:
-    promoted = [m for m in models if m["promoted"]]
-    truth_total = sum(t["truth_boxes"] for t in per_task)
-    third = max(len(per_task) // 3, 1)
-    return {
-        "tasks_labeled": len(per_task),
-        "truth_boxes": truth_total,
-        **{k: sum(t[k] for t in per_task) for k in ("accepted", "edited", "deleted", "drawn")},
-        "share_not_drawn": round(1 - sum(t["drawn"] for t in per_task) / max(truth_total, 1), 3),
-        "last_100_share_correct_prelabels": share_correct(per_task[-100:]),
-        "share_correct_prelabels_by_third": [share_correct(per_task[a:b]) for a, b in
-                                             ((0, third), (third, 2 * third),
-                                              (2 * third, len(per_task)))],
-        "effort": effort(args, per_task),
-        "first_promoted_model_labeled_tasks": promoted[0]["labeled_tasks"] if promoted
-        else None,
-        "first_trained_prelabels_at_task": min((m["first_prelabels_at_task"] for m in models
-                                                if m["first_prelabels_at_task"]), default=None),
-        "models_trained": len(models), "models_promoted": len(promoted),
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-
-
 def main() -> None:
     args = parse_args()
     started = time.monotonic()
     report: dict[str, Any] = {"machine": machine(), "seconds_per_task": args.seconds_per_task,
+                              "pace": args.pace,
                               "match_iou": MATCH_IOU, "weights": args.weights,
                               "arch": args.arch or "default"}
     per_task, first_prelabel, versions = replay(args, report, started)
