@@ -29,7 +29,8 @@ def pause_seconds(args: argparse.Namespace, counts: dict[str, int],
     """The labeler's time on a task. At the human pace, real time passes only while the loop
     has work in flight: when it is idle nothing can change before the next submission, so
     that wait is skipped (the order of events is a person's at the effort model's speed).
-    Label Studio sends a submission's webhook before it answers, so its job is queued by now."""
+    `busy` is asked a moment after the submission (its webhook's training check has ended
+    by then unless a round is due)."""
     human = args.pace == "human" and busy()
     return task_seconds(args, counts) if human else args.seconds_per_task
 
