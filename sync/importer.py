@@ -4,6 +4,11 @@ Label Studio itself holds the record: every task the sync creates carries its bl
 and URL expiry in its data. A sync process starts by reading those back (one keyset-paged walk
 of the project's tasks) and then plans against them, so killing it at any moment and starting
 it again re-imports nothing that Label Studio committed and misses nothing it did not.
+
+With a `StateCache` (sync/state.py) a start reads only the tasks above the id the cache covers
+and checks the cache against Label Studio's task count: task ids only grow, so the project's
+`task_number` equals the cached count plus the tasks read above it unless tasks were deleted
+(or the cache is stale); then, or without a cache, it reads every task back as before.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from sync.plan import BlobInfo, Imported, plan
+from redis.exceptions import RedisError
+
+from sync.plan import BlobInfo, Imported, Plan, plan
+from sync.state import Cached, StateCache
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +31,8 @@ ETAG_FIELD = "mlassist_etag"
 MISSING_FIELD = "mlassist_missing"
 EXPIRY_FIELD = "mlassist_url_expires"
 PAGE = 1000
+COUNT_TRIES = 3  # reads of the task count while tasks keep arriving, then a full read-back
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -52,7 +62,8 @@ class Importer:
 
     def __init__(self, api: Any, project: int, source: Source, *, image_key: str = "image",
                  batch: int = 500, max_bytes: int | None = None,
-                 resign_before_s: float = 2 * 24 * 3600) -> None:
+                 resign_before_s: float = 2 * 24 * 3600,
+                 state: StateCache | None = None) -> None:
         self.api = api
         self.project = project
         self.source = source
@@ -60,19 +71,58 @@ class Importer:
         self.batch = batch
         self.max_bytes = max_bytes
         self.resign_before_s = resign_before_s
+        self.state = state
         self.imported: dict[str, Imported] = {}
-        self.data: dict[int, dict[str, Any]] = {}
-        self.expiry: dict[int, float] = {}
         self.last_task_id = 0  # the highest task id read back so far
+        self.tasks_read = 0  # the project's tasks (anyone's) with ids up to last_task_id
+        self._unsaved: dict[str, Imported] = {}  # patched, not yet written to the cache
 
     def load_state(self) -> int:
-        """Read back what earlier runs imported (the tasks' own data)."""
+        """Read back what earlier runs imported: from the cache and the tasks above what it
+        covers when the cache agrees with Label Studio, else every task's own data."""
+        cached = self._cache(lambda state: state.load())
+        if cached is not None:
+            if self._catch_up(cached):
+                return len(self.imported)
+            self.imported, self.last_task_id, self.tasks_read = {}, 0, 0
         self._read_tasks_after(0)
+        if self.state is not None:
+            created = str(self.api.project(self.project).get("created_at"))
+            self._cache(lambda state: state.replace(self.imported, self.last_task_id,
+                                                    self.tasks_read, created))
         return len(self.imported)
 
-    def _read_tasks_after(self, after: int) -> None:
+    def _catch_up(self, cached: Cached) -> bool:
+        """Start from the cache plus the tasks above it; False if Label Studio disagrees."""
+        self.imported = cached.entries
+        self.last_task_id, self.tasks_read = cached.covered, cached.count
+        found = self._read_tasks_after(self.last_task_id)
+        for _ in range(COUNT_TRIES):
+            record = self.api.project(self.project)
+            if str(record.get("created_at")) != cached.created:
+                logger.warning("project %s: the cached sync state is another project's "
+                               "(created %s, not %s): reading all tasks back", self.project,
+                               cached.created, record.get("created_at"))
+                return False
+            number = int(record.get("task_number") or 0)
+            if number == self.tasks_read:
+                self._cache(lambda state: state.extend(found, self.last_task_id,
+                                                       self.tasks_read))
+                return True
+            if number < self.tasks_read:
+                logger.warning("project %s: Label Studio holds %d tasks, the cached sync "
+                               "state and the tasks above it %d (tasks were deleted): reading "
+                               "all tasks back", self.project, number, self.tasks_read)
+                return False
+            found.update(self._read_tasks_after(self.last_task_id))  # created meanwhile
+        logger.warning("project %s: tasks keep arriving while the sync state is checked: "
+                       "reading all tasks back", self.project)
+        return False
+
+    def _read_tasks_after(self, after: int) -> dict[str, Imported]:
         """Learn the sync's tasks with ids above `after` (keyset walk; Label Studio's task ids
         only grow, so this also finds the ids of tasks this process imported)."""
+        found: dict[str, Imported] = {}
         while True:
             tasks = self.api.task_page(self.project, after, PAGE)
             if not tasks:
@@ -81,12 +131,32 @@ class Importer:
                 data = task.get("data") or {}
                 key = data.get(KEY_FIELD)
                 if isinstance(key, str):
-                    self.imported[key] = Imported(int(task["id"]), str(data.get(ETAG_FIELD)),
-                                                  bool(data.get(MISSING_FIELD)))
-                    self.data[int(task["id"])] = data
-                    self.expiry[int(task["id"])] = float(data.get(EXPIRY_FIELD) or 0)
+                    found[key] = Imported(int(task["id"]), str(data.get(ETAG_FIELD)),
+                                          bool(data.get(MISSING_FIELD)), _expiry(data))
             after = max(int(t["id"]) for t in tasks)
             self.last_task_id = max(self.last_task_id, after)
+            self.tasks_read += len(tasks)
+        self.imported.update(found)
+        return found
+
+    def _learn_new_tasks(self) -> None:
+        """Read the tasks above the last one read (ids of this process's imports), cache them."""
+        found = self._read_tasks_after(self.last_task_id)
+        self._cache(lambda state: state.extend(found, self.last_task_id, self.tasks_read))
+
+    def _cache(self, use: Callable[[StateCache], T]) -> T | None:
+        """Use the cache if there is one; Redis failing turns it off for this process (the
+        sync goes on from Label Studio alone)."""
+        if self.state is None:
+            return None
+        try:
+            return use(self.state)
+        except (RedisError, ValueError, KeyError) as exc:  # down, or an unreadable cache
+            logger.warning("project %s: sync state cache off for this run (%s: %s); "
+                           "Label Studio is read instead", self.project, type(exc).__name__,
+                           exc)
+            self.state = None
+            return None
 
     def _task_data(self, blob: BlobInfo, missing: bool = False) -> dict[str, Any]:
         url, expires = self.source.url_for(blob.name)
@@ -105,7 +175,7 @@ class Importer:
                 or any(task_id < 0 for task_id in todo.vanished):
             # A blob imported earlier by this process changed or vanished: its task id is
             # not known yet (imports return none); read the new tasks back, then plan again.
-            self._read_tasks_after(self.last_task_id)
+            self._learn_new_tasks()
             todo = plan(listed, self.imported, self.max_bytes)
         report.skipped = todo.skipped
         for key, reason in todo.skipped.items():
@@ -121,48 +191,84 @@ class Importer:
             report.imported += len(chunk)
             if progress is not None:
                 progress(report.imported, len(todo.new))
+        patching = bool(todo.changed or todo.returned or todo.vanished) or self._resign_due()
+        if patching:
+            self._cache(lambda state: state.begin_patches())
+        try:
+            self._patch_all(todo, report, stop)
+        finally:
+            self._flush()  # what was patched; a pass that failed stays marked dirty
+        if patching:
+            self._cache(lambda state: state.end_patches())
+        if report.imported and self.state is not None and not stop():
+            self._learn_new_tasks()  # so that the next start need not read them
+        report.seconds = round(time.monotonic() - started, 2)
+        return report
+
+    def _patch_all(self, todo: Plan, report: PassReport, stop: Callable[[], bool]) -> None:
         for task_id, blob in todo.changed + todo.returned:
             if stop():
                 break
-            self._patch(task_id, self._task_data(blob))
-            self.imported[blob.key] = Imported(task_id, blob.etag)
+            data = self._patch(task_id, self._task_data(blob))
+            self._record(blob.key, Imported(task_id, blob.etag, False, _expiry(data)))
             if (task_id, blob) in todo.returned:
                 report.returned += 1
             else:
                 report.updated += 1
+        vanished = set(todo.vanished)
+        keys = {known.task_id: key for key, known in self.imported.items()
+                if known.task_id in vanished}
         for task_id in todo.vanished:
             if stop() or task_id < 0:
                 continue
-            data = {**self.data.get(task_id, {}), MISSING_FIELD: True}
-            self._patch(task_id, data)
-            blob_key = data.get(KEY_FIELD)
-            if isinstance(blob_key, str):
-                self.imported[blob_key] = Imported(task_id, str(data.get(ETAG_FIELD)), True)
+            key = keys[task_id]
+            etag = self.imported[key].etag
+            data = self._patch(task_id, {KEY_FIELD: key, ETAG_FIELD: etag, MISSING_FIELD: True})
+            self._record(key, Imported(task_id, etag, True, _expiry(data)))
             report.flagged_missing += 1
         report.resigned = self._resign(stop)
-        report.seconds = round(time.monotonic() - started, 2)
-        return report
 
-    def _patch(self, task_id: int, data: dict[str, Any]) -> None:
+    def _patch(self, task_id: int, data: dict[str, Any]) -> dict[str, Any]:
         """Write the sync's own keys over the task's current data (Label Studio replaces
         `data` whole, and others keep keys there too, e.g. `mlassist assign`)."""
         owned = (self.image_key, KEY_FIELD, ETAG_FIELD, MISSING_FIELD, EXPIRY_FIELD)
         data = {**self.api.task_data(task_id), **{k: data[k] for k in owned if k in data}}
         self.api.update_task(task_id, data=data)
-        self.data[task_id] = data
-        self.expiry[task_id] = float(data.get(EXPIRY_FIELD) or 0)
+        return data
+
+    def _record(self, key: str, known: Imported) -> None:
+        """Keep a patched task's state; the cache gets it a batch at a time."""
+        self.imported[key] = known
+        self._unsaved[key] = known
+        if len(self._unsaved) >= self.batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        unsaved, self._unsaved = self._unsaved, {}
+        if unsaved:
+            self._cache(lambda state: state.put(unsaved.items()))
+
+    def _resign_due(self) -> list[tuple[str, Imported]]:
+        """The tasks whose URL expires within `resign_before_s` (and whose blob is there)."""
+        soon = time.time() + self.resign_before_s
+        return [(key, known) for key, known in self.imported.items()
+                if known.task_id >= 0 and known.expires and known.expires < soon
+                and not known.missing]
 
     def _resign(self, stop: Callable[[], bool]) -> int:
         """Fresh URLs for tasks whose URL expires within `resign_before_s`."""
-        soon = time.time() + self.resign_before_s
         count = 0
-        for task_id, expires in list(self.expiry.items()):
+        for key, known in self._resign_due():
             if stop():
                 break
-            data = self.data.get(task_id) or {}
-            if expires and expires < soon and not data.get(MISSING_FIELD):
-                name = str(data.get(KEY_FIELD, "")).split("/", 1)[-1]
-                url, new_expiry = self.source.url_for(name)
-                self._patch(task_id, {**data, self.image_key: url, EXPIRY_FIELD: new_expiry})
-                count += 1
+            url, new_expiry = self.source.url_for(key.split("/", 1)[-1])
+            data = self._patch(known.task_id, {
+                self.image_key: url, KEY_FIELD: key, ETAG_FIELD: known.etag,
+                MISSING_FIELD: False, EXPIRY_FIELD: new_expiry})
+            self._record(key, Imported(known.task_id, known.etag, False, _expiry(data)))
+            count += 1
         return count
+
+
+def _expiry(data: dict[str, Any]) -> float:
+    return float(data.get(EXPIRY_FIELD) or 0)

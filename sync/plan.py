@@ -24,13 +24,15 @@ class BlobInfo:
         return f"{self.container}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Imported:
-    """What a task records about its blob (kept in the task's data, so Label Studio holds it)."""
+    """What a task records about its blob (kept in the task's data, so Label Studio holds it):
+    its task (-1 until read back), etag, missing flag and when its URL expires (0: unknown)."""
 
     task_id: int
     etag: str
     missing: bool = False
+    expires: float = 0.0
 
 
 @dataclass

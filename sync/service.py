@@ -17,11 +17,14 @@ from backend.core.settings import Settings
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
 from sync.importer import Importer
 from sync.sources import AzureBlobSource, LocalDirSource
+from sync.state import StateCache
 
 logger = logging.getLogger(__name__)
 
 
 def build_importer(settings: Settings, project: int) -> Importer:
+    """The importer `mlassist sync` runs, its state cached in REDIS_URL's Redis (when that
+    Redis cannot be reached the sync reads its state from Label Studio alone)."""
     ttl = timedelta(hours=settings.sync_sas_ttl_hours)
     source: AzureBlobSource | LocalDirSource
     if settings.sync_container and (settings.azure_storage_connection_string
@@ -46,7 +49,8 @@ def build_importer(settings: Settings, project: int) -> Importer:
                                          settings.label_studio_api_key))
     return Importer(api, project, source, batch=settings.sync_batch,
                     max_bytes=settings.max_image_bytes,
-                    resign_before_s=ttl.total_seconds() / 3)
+                    resign_before_s=ttl.total_seconds() / 3,
+                    state=StateCache.from_url(settings.redis_url, project))
 
 
 def run_sync(settings: Settings, project: int, watch: bool) -> dict[str, Any]:

@@ -36,7 +36,8 @@ class Settings:
         "Label Studio legacy token or personal access token (JWT); both work.", secret=True)
     redis_url: str = setting(
         "REDIS_URL", parse.redis_url, "redis://localhost:6379/0",
-        "Redis used by the job queues and locks.")
+        "Redis used by the job queues and locks, and by `mlassist sync` to cache which blobs "
+        "it imported (Label Studio stays the record; without Redis a start reads all tasks).")
     model_dir: Path = setting(
         "MODEL_DIR", parse.path, "~/.local/share/mlassist/models",
         "Directory of the model registry (checkpoints, versions).")
