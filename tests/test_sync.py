@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 from label_studio_sdk import LabelStudio
+from redis import Redis
 
+from backend.demo.localstack import free_port
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
 from backend.media.images import ImageFetcher
 from sync.importer import KEY_FIELD, MISSING_FIELD, Importer
@@ -23,6 +25,7 @@ from tests import media
 from tests.azurite import Azurite
 from tests.labels import CONFIG
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer
+from tests.redis_server import RedisServer
 from tests.services import mlassist_bin
 
 pytestmark = pytest.mark.e2e
@@ -128,17 +131,19 @@ def test_urls_are_resigned_before_they_expire(label_studio: LabelStudioServer,
     assert later.run_pass().resigned == 2
 
 
+@pytest.mark.parametrize("cache", [True, False], ids=["state-cache", "no-redis"])
 def test_sigkill_mid_import_ends_with_exactly_one_task_per_blob(
-        tmp_path: Path, label_studio: LabelStudioServer, azurite: Azurite,
-        client: LabelStudio) -> None:
-    container = "sync-kill"
+        cache: bool, tmp_path: Path, label_studio: LabelStudioServer, azurite: Azurite,
+        client: LabelStudio, redis_server: RedisServer, redis_db: Redis) -> None:
+    container = f"sync-kill-{cache}".lower()
     names = [f"k/{i:04d}.png" for i in range(1200)]
     fill(azurite, container, names)
     project = client.projects.create(title="sync killed", label_config=CONFIG).id
     env = {**os.environ, "LABEL_STUDIO_URL": label_studio.url,
            "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "SYNC_CONTAINER": container,
            "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "SYNC_BATCH": "50",
-           "LOG_LEVEL": "warning"}
+           "LOG_LEVEL": "warning",
+           "REDIS_URL": redis_server.url if cache else f"redis://127.0.0.1:{free_port()}/0"}
     after_kills = []
     for delay in (1.5, 2.0, 2.5, 3.0):
         process = subprocess.Popen([mlassist_bin(), "sync", "--project", str(project)],
@@ -156,17 +161,23 @@ def test_sigkill_mid_import_ends_with_exactly_one_task_per_blob(
     counts = keys_in(client, project)
     assert len(counts) == len(names)
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1][:5]
+    # The last run read its imports back: the cache holds every blob and covers every task.
+    assert redis_db.hlen(f"mlassist:sync:{project}:blobs") == (len(names) if cache else 0)
+    if cache:
+        last = max(t.id for t in client.tasks.list(project=project, page_size=2000))
+        assert redis_db.hget(f"mlassist:sync:{project}:meta", "covered") == str(last).encode()
 
 
 def test_watch_mode_stops_cleanly_on_sigterm(label_studio: LabelStudioServer, azurite: Azurite,
-                                             client: LabelStudio) -> None:
+                                             client: LabelStudio,
+                                             redis_server: RedisServer) -> None:
     container = "sync-watch"
     fill(azurite, container, ["w/1.jpg", "w/2.jpg"])
     project = client.projects.create(title="sync watch", label_config=CONFIG).id
     env = {**os.environ, "LABEL_STUDIO_URL": label_studio.url,
            "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "SYNC_CONTAINER": container,
            "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "SYNC_INTERVAL": "600",
-           "LOG_LEVEL": "info"}
+           "LOG_LEVEL": "info", "REDIS_URL": redis_server.url}
     process = subprocess.Popen([mlassist_bin(), "sync", "--project", str(project), "--watch"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
