@@ -79,12 +79,18 @@ else
 fi
 
 LS_VENV="$CACHE/label-studio-$LS_VERSION"
-if [ ! -f "$LS_VENV/.complete" ] || [ ! -x "$LS_VENV/bin/python" ]; then
+# Label Studio 1.23.2 asks for sentry-sdk>=2.16 with no upper bound, and sentry-sdk 3.0 makes it
+# fail at start ("Unknown option 'send_default_pii'"). Its `.complete` marker holds what was
+# installed, so a venv built without the bound is rebuilt.
+LS_SPEC="label-studio==$LS_VERSION sentry-sdk>=2.16,<3"
+if [ "$(cat "$LS_VENV/.complete" 2>/dev/null)" != "$LS_SPEC" ] || [ ! -x "$LS_VENV/bin/python" ]
+then
     say "creating $LS_VENV (Label Studio $LS_VERSION, about 2 minutes the first time)"
     rm -rf "$LS_VENV"
     "$PYTHON" -m venv "$LS_VENV"
-    pip_quiet "$LS_VENV/bin/pip" install $QUIET "label-studio==$LS_VERSION"
-    touch "$LS_VENV/.complete"
+    # shellcheck disable=SC2086 # LS_SPEC is a list of requirements
+    pip_quiet "$LS_VENV/bin/pip" install $QUIET $LS_SPEC
+    printf '%s' "$LS_SPEC" >"$LS_VENV/.complete"
 fi
 
 # Azurite, the Azure Blob emulator, for the tests of everything Azure-backed.

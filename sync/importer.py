@@ -144,6 +144,19 @@ class Importer:
         found = self._read_tasks_after(self.last_task_id)
         self._cache(lambda state: state.extend(found, self.last_task_id, self.tasks_read))
 
+    def _advance_past(self, new_ids: list[int], imported: int) -> None:
+        """After a pass's imports, move the cache's covered id past them, so the next start
+        reads none of them back: directly when Label Studio's task count shows that the new
+        tasks are the only ones above the covered id, else by reading the tasks above it."""
+        self._flush()
+        number = int(self.api.project(self.project).get("task_number") or 0)
+        if len(new_ids) == imported and number == self.tasks_read + imported:
+            self.last_task_id = max(self.last_task_id, *new_ids)
+            self.tasks_read = number
+            self._cache(lambda state: state.extend({}, self.last_task_id, self.tasks_read))
+        else:
+            self._learn_new_tasks()
+
     def _cache(self, use: Callable[[StateCache], T]) -> T | None:
         """Use the cache if there is one; Redis failing turns it off for this process (the
         sync goes on from Label Studio alone)."""
@@ -180,14 +193,18 @@ class Importer:
         report.skipped = todo.skipped
         for key, reason in todo.skipped.items():
             logger.warning("blob %s skipped: %s", key, reason)
+        new_ids: list[int] = []
         for start in range(0, len(todo.new), self.batch):
             if stop():
                 break
             chunk = todo.new[start:start + self.batch]
             tasks = [{"data": self._task_data(blob)} for blob in chunk]
-            self.api.import_tasks(self.project, tasks)
-            for blob in chunk:  # task ids are read back on the next start
-                self.imported[blob.key] = Imported(-1, blob.etag)
+            ids = self.api.import_tasks(self.project, tasks) or [-1] * len(chunk)
+            for blob, task, task_id in zip(chunk, tasks, ids, strict=True):
+                # An id of -1 (Label Studio did not say) is learnt by the next read-back.
+                self._record(blob.key, Imported(task_id, blob.etag, False,
+                                                _expiry(task["data"])))
+            new_ids += [task_id for task_id in ids if task_id >= 0]
             report.imported += len(chunk)
             if progress is not None:
                 progress(report.imported, len(todo.new))
@@ -201,7 +218,7 @@ class Importer:
         if patching:
             self._cache(lambda state: state.end_patches())
         if report.imported and self.state is not None and not stop():
-            self._learn_new_tasks()  # so that the next start need not read them
+            self._advance_past(new_ids, report.imported)
         report.seconds = round(time.monotonic() - started, 2)
         return report
 

@@ -220,7 +220,7 @@ class RecordingLabelStudio:
         return []
 
     def import_tasks(self, project: int, tasks: list[dict]) -> None:
-        self.imported.extend(tasks)
+        self.imported.extend(tasks)  # no ids: the importer learns them by reading back
 
 
 def test_synced_task_urls_can_read_their_blob_and_nothing_else(azurite: Azurite) -> None:

@@ -226,9 +226,16 @@ class LabelStudioAPI:
             raise LabelStudioError(f"unexpected task list for project {project}")
         return [task for task in found.get("tasks") or [] if isinstance(task, dict)]
 
-    def import_tasks(self, project: int, tasks: list[dict]) -> None:
-        """Bulk-create tasks ([{"data": {...}}, ...]) in one request."""
-        self._call("POST", f"/api/projects/{project}/import", body=tasks)
+    def import_tasks(self, project: int, tasks: list[dict]) -> list[int] | None:
+        """Bulk-create tasks ([{"data": {...}}, ...]) in one request: the new tasks' ids, in
+        the order given (None when Label Studio does not say)."""
+        found = self._call("POST", f"/api/projects/{project}/import",
+                           params={"return_task_ids": "true"}, body=tasks)
+        ids = found.get("task_ids") if isinstance(found, dict) else None
+        if isinstance(ids, list) and len(ids) == len(tasks) \
+                and all(isinstance(i, int) for i in ids):
+            return [int(i) for i in ids]
+        return None
 
     def task_data(self, task_id: int) -> dict:
         """A task's `data` as stored (URIs unresolved), read just before changing it."""
