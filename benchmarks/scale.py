@@ -1,26 +1,29 @@
-"""Scale benchmark (part of issue 16): the reads the loop makes of a large project, at the
-seed's size against a small project with the same labels, in one Label Studio and one run.
+"""Scale benchmark (issue 16): the whole loop on a project of the seed's size against the same
+operations on a small project with the same labels, in one Label Studio and one run.
 
-Two projects in a real Label Studio 1.23.2: a small one (`--small` tasks) and a large one
-(`--tasks`, the seed's 118,000 by default), each with the same `--labeled` annotated tasks
-(`--boxes-per-task` boxes, image sizes stored as the editor does, so no image is fetched).
-Then `--new` tasks are imported into each, as a TASKS_CREATED batch. Each operation runs in a
-process of its own that reports seconds and peak RSS:
+Two projects in a real Label Studio 1.23.2 with a real Redis: a small one (`--small` tasks, by
+default 2,000 labeled + 2,000 backlog) and a large one (`--tasks`, the seed's 118,000), each with
+the same `--labeled` annotated tasks (`--boxes-per-task` boxes, image sizes stored as the
+editor does). Every task's data is what the sync writes for its blob, so the sync's own code
+reads them back as its tasks; images (generated 640x480 JPEGs, `DISTINCT_IMAGES` of them under
+many names) come from a loopback server. An untrained SSDlite320 is each project's champion
+(ONNX Runtime, the push-back's real forward). Each operation runs in a process of its own that
+reports seconds and peak RSS (scale_ops.py, scale_pushback.py):
 
-- `project`: the project record with its counts (what `/status`, `/dashboard` and the
-  reconciliation tick read per project);
-- `dataset_export`: the training round's and the review's labeled-task read today (one
-  synchronous export);
-- `dataset_walk`: the same tasks by keyset pages of 100 (what the COCO export and the
-  dashboard use);
-- `new_tasks_per_task`: the TASKS_CREATED read before this benchmark (one GET per task), and
-  `new_tasks_pages`: `task_pages_by_id` (a keyset walk over runs of nearby ids);
-- `export_coco`: `mlassist export-coco` of the project.
+project record; sync restart (read-back) and a pass with nothing new; one reconciliation tick;
+`/status` and `/dashboard` (p50/p95 over repeats, the dashboard also uncached); the training
+round's dataset read; `export-coco`; `assign` (first split of 3 labelers x 50, then a top-up);
+the bare forward over the window's images (the ceiling) and the push-back over the last
+`--window` backlog tasks; a `--new`-task import and its TASKS_CREATED job; then the
+correctness checks (each backlog task of the window and each new task holds exactly one
+prediction of the champion's version, nothing else does, every labeled task is in the training
+read); and last what each way of storing predictions costs per call at that size.
 
-Prints JSON with each operation at both sizes and the large/small ratio.
+`--fast-prediction-import` starts Label Studio with its memory-efficient prediction import
+(the feature flag that makes a bulk import update only the tasks it touches).
 
-    python benchmarks/scale.py [--tasks 118000] [--small 2000] [--labeled 2000]
-        [--new 5000] [--boxes-per-task 7] [--out FILE]
+    python benchmarks/scale.py [--tasks 118000] [--small 4000] [--labeled 2000] [--window 2000]
+        [--new 5000] [--fast-prediction-import] [--only op,op] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -41,131 +45,205 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth  # noqa: E402
 from benchmarks.export import tasks as labeled_tasks  # noqa: E402
-from benchmarks.report import emit, machine  # noqa: E402
+from benchmarks.report import emit, machine, stop_cleanly_on_sigterm  # noqa: E402
+from benchmarks.scale_ops import PROBE_VERSION, Spec, run, sync_data  # noqa: E402
 from tests.labels import CONFIG  # noqa: E402
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
+from tests.redis_server import RedisServer, redis_binary  # noqa: E402
 
 IMPORT_BATCH = 5000
-OPERATIONS = ("project", "dataset_export", "dataset_walk", "new_tasks_per_task",
-              "new_tasks_pages", "export_coco")
+FAST_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
+BEFORE_NEW = ("project", "sync_restart", "sync_pass", "reconcile", "status", "dashboard",
+              "export_coco", "assign", "forward", "pushback")
+LABELERS = [f"labeler{n}@example.com" for n in range(3)]
 
 
-def run_operation(name: str, url: str, project: int, new_ids: list[int], out: Path) -> int:
-    """One operation (in this process); returns how many items it read."""
-    api = LabelStudioAPI(LabelStudioAuth(url, ADMIN_TOKEN), timeout=3600)
-    if name == "project":
-        return int(api.project(project).get("num_tasks_with_annotations") or 0)
-    if name == "dataset_export":
-        return len(api.labeled_tasks(project))
-    if name == "dataset_walk":
-        from backend.tools.provenance import labeled_tasks
-
-        return sum(1 for _ in labeled_tasks(api, project, 100))
-    if name == "new_tasks_per_task":
-        return sum(1 for task_id in new_ids
-                   if isinstance(api._call("GET", f"/api/tasks/{task_id}",
-                                           params={"resolve_uri": "false"}), dict))
-    if name == "new_tasks_pages":
-        return sum(len(page) for page in api.task_pages_by_id(project, new_ids))
-    if name == "export_coco":
-        from backend.cli import main
-
-        os.environ.update(LABEL_STUDIO_URL=url, LABEL_STUDIO_API_KEY=ADMIN_TOKEN,
-                          LOG_LEVEL="warning")
-        code = main(["export-coco", "--project", str(project), "-o", str(out)])
-        if code:
-            raise SystemExit(f"export-coco exited {code}")
-        return len(json.loads(out.read_text())["annotations"])
-    raise SystemExit(f"unknown operation {name}")
-
-
-def measured(name: str, url: str, project: int, new_ids: list[int], work: Path) -> dict:
+def measured(name: str, spec: Spec) -> dict:
     """Seconds and peak RSS of one operation, in a fresh process."""
-    ids_file = work / "new-ids.json"
-    ids_file.write_text(json.dumps(new_ids))
-    done = subprocess.run([sys.executable, __file__, "--operation", name, "--url", url,
-                           "--project", str(project), "--ids", str(ids_file),
-                           "--work", str(work)], capture_output=True, text=True, timeout=3600)
+    path = spec.save(Path(spec.work) / f"spec-{spec.project}.json")
+    done = subprocess.run([sys.executable, __file__, "--operation", name, "--spec", str(path)],
+                          capture_output=True, text=True, timeout=7200)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def build(url: str, title: str, total: int, labeled: int, boxes: int) -> int:
-    """A project of `total` tasks, the first `labeled` of them annotated."""
+def build(api: LabelStudioAPI, url: str, images: str, title: str, total: int, labeled: int,
+          boxes: int) -> tuple[int, list[int]]:
+    """A project of `total` tasks, the first `labeled` annotated: (project, labeled ids)."""
     headers = {"Authorization": f"Token {ADMIN_TOKEN}"}
     project = requests.post(f"{url}/api/projects", headers=headers, timeout=60,
                             json={"title": title, "label_config": CONFIG}).json()["id"]
+    labeled_ids: list[int] = []
     for start in range(0, total, IMPORT_BATCH):
         count = min(IMPORT_BATCH, total - start)
-        batch = labeled_tasks(max(0, min(count, labeled - start)), boxes, start)
-        batch += [{"data": {"image": f"https://img.example.com/{n}.jpg"}}
-                  for n in range(start + len(batch), start + count)]
-        requests.post(f"{url}/api/projects/{project}/import", headers=headers, timeout=3600,
-                      json=batch).raise_for_status()
-    return int(project)
+        with_labels = max(0, min(count, labeled - start))
+        batch = [{"data": sync_data(images, n), "annotations": made["annotations"]}
+                 for n, made in zip(range(start, start + with_labels),
+                                    labeled_tasks(with_labels, boxes, start), strict=True)]
+        batch += [{"data": sync_data(images, n)}
+                  for n in range(start + with_labels, start + count)]
+        answer = requests.post(f"{url}/api/projects/{project}/import", headers=headers,
+                               params={"return_task_ids": "true"}, timeout=3600, json=batch)
+        answer.raise_for_status()
+        labeled_ids += answer.json()["task_ids"][:with_labels]
+    return int(project), labeled_ids
 
 
-def import_new(url: str, project: int, count: int) -> tuple[list[int], float]:
-    """A TASKS_CREATED batch: (the new ids, seconds the import took)."""
-    headers = {"Authorization": f"Token {ADMIN_TOKEN}"}
-    started = time.perf_counter()
-    answer = requests.post(f"{url}/api/projects/{project}/import", headers=headers,
+def import_new(url: str, project: int, images: str, count: int, first: int) -> list[int]:
+    """A TASKS_CREATED batch of blobs after the seed's: the new ids."""
+    answer = requests.post(f"{url}/api/projects/{project}/import",
+                           headers={"Authorization": f"Token {ADMIN_TOKEN}"},
                            params={"return_task_ids": "true"}, timeout=3600,
-                           json=[{"data": {"image": f"https://img.example.com/new-{n}.jpg"}}
-                                 for n in range(count)])
+                           json=[{"data": sync_data(images, n)}
+                                 for n in range(first, first + count)])
     answer.raise_for_status()
-    return list(answer.json()["task_ids"]), time.perf_counter() - started
+    return list(answer.json()["task_ids"])
+
+
+def checks(api: LabelStudioAPI, spec: Spec, version: str, expected: int,
+           labeled: int, dataset_items: int) -> dict:
+    """Exactly one champion prediction on each task that should have one, none elsewhere."""
+    record = api.project(spec.project)
+    holding = api.count_tasks_with_prediction(spec.project, version)
+    total_predictions = int(record.get("total_predictions_number") or 0)
+    return {"tasks_with_champion_prediction": holding, "expected": expected,
+            "predictions_in_project": total_predictions,
+            "duplicates": total_predictions - (holding or 0),
+            "labeled": labeled, "in_training_read": dataset_items,
+            "ok": holding == expected == total_predictions and dataset_items == labeled}
+
+
+def one_size(args: argparse.Namespace, api: LabelStudioAPI, base: Spec, registry: Any,
+             checkpoint: Path, size: int) -> dict:
+    from benchmarks.loop import register_champion
+
+    started = time.perf_counter()
+    project, labeled_ids = build(api, base.url, base.images, f"scale {size}", size,
+                                 min(args.labeled, size), args.boxes_per_task)
+    version = register_champion(registry, project, checkpoint)
+    spec = Spec(**{**base.__dict__, "project": project, "tasks": size,
+                   "labeled_ids": labeled_ids})
+    entry: dict = {"build_seconds": round(time.perf_counter() - started, 1)}
+    wanted = set(args.only.split(",")) if args.only else None
+    for name in BEFORE_NEW:
+        if wanted is None or name in wanted:
+            entry[name] = measured(name, spec)
+            print(f"{size} tasks: {name} {entry[name]}", file=sys.stderr)
+    started = time.perf_counter()
+    spec.new_ids = import_new(base.url, project, base.images, args.new, size)
+    entry["new_import_seconds"] = round(time.perf_counter() - started, 1)
+    for name in ("new_tasks", "dataset"):
+        if wanted is None or name in wanted or name == "dataset":
+            entry[name] = measured(name, spec)
+            print(f"{size} tasks: {name} {entry[name]}", file=sys.stderr)
+    pushed = entry.get("pushback", {}).get("items", 0)
+    entry["checks"] = checks(api, spec, version, pushed + entry.get("new_tasks", {}).get(
+        "items", 0), len(labeled_ids), entry["dataset"]["items"])
+    print(f"{size} tasks: checks {entry['checks']}", file=sys.stderr)
+    if wanted is None or "store_cost" in wanted:
+        entry["store_cost"] = measured("store_cost", spec)
+        print(f"{size} tasks: store_cost {entry['store_cost']}", file=sys.stderr)
+    return entry
+
+
+def ratios(small: dict, large: dict) -> dict:
+    """large / small for each operation's seconds (or p95) and peak RSS."""
+    found = {}
+    for name, entry in large.items():
+        if not isinstance(entry, dict) or name not in small or "seconds" not in entry:
+            continue
+        key = "p95_s" if "p95_s" in entry else "seconds"
+        found[name] = {key: round(entry[key] / max(small[name][key], 1e-3), 2),
+                       "peak_rss": round(entry["peak_rss_mb"] / small[name]["peak_rss_mb"], 2)}
+        if "tasks_per_s" in entry:
+            found[name]["tasks_per_s"] = round(entry["tasks_per_s"]
+                                               / max(small[name]["tasks_per_s"], 1e-3), 2)
+    return found
+
+
+def table(report: dict, sizes: list[str]) -> str:
+    rows = [f"| operation | {' | '.join(f'{s} tasks' for s in sizes)} |",
+            "|---|" + "---|" * len(sizes)]
+    names = [n for n, v in report["sizes"][sizes[-1]].items() if isinstance(v, dict)
+             and "seconds" in v]
+    for name in names:
+        cells = []
+        for size in sizes:
+            entry = report["sizes"][size].get(name) or {}
+            time_part = (f"p95 {entry['p95_s']} s" if "p95_s" in entry
+                         else f"{entry.get('seconds')} s")
+            rate = f", {entry['tasks_per_s']}/s" if "tasks_per_s" in entry else ""
+            cells.append(f"{time_part}{rate}, {entry.get('peak_rss_mb')} MB")
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=118_000)
-    parser.add_argument("--small", type=int, default=2000)
+    parser.add_argument("--small", type=int, default=4000)
     parser.add_argument("--labeled", type=int, default=2000)
+    parser.add_argument("--window", type=int, default=2000)
     parser.add_argument("--new", type=int, default=5000)
     parser.add_argument("--boxes-per-task", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--fast-prediction-import", action="store_true")
+    parser.add_argument("--only", help="comma-separated operations (default: all)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--operation", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--project", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--ids", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.operation:
         started = time.perf_counter()
-        count = run_operation(args.operation, args.url, args.project,
-                              json.loads(args.ids.read_text()), args.work / "coco.json")
-        print(json.dumps({"seconds": round(time.perf_counter() - started, 2), "items": count,
+        found = run(args.operation, Spec.load(args.spec))
+        print(json.dumps({"seconds": round(time.perf_counter() - started, 2), **found,
                           "peak_rss_mb": round(resource.getrusage(
                               resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
         return
-    report: dict = {"machine": machine(), "labeled": args.labeled,
-                    "boxes_per_task": args.boxes_per_task, "new_tasks": args.new, "sizes": {}}
+    # Imported here, not at the top: an operation's process must not pay for torch unless the
+    # operation itself needs it (its peak RSS is what is measured).
+    from backend.model.registry import LocalStore, Registry
+    from benchmarks.loop import image_server
+    from tests.services import untrained_checkpoint
+
+    stop_cleanly_on_sigterm()
+    if args.fast_prediction_import:
+        os.environ[FAST_IMPORT_FLAG] = "true"
+    report: dict = {"machine": machine(), "labeled": args.labeled, "window": args.window,
+                    "boxes_per_task": args.boxes_per_task, "new_tasks": args.new,
+                    "fast_prediction_import": args.fast_prediction_import, "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        binary = redis_binary()
+        if binary is None:
+            raise SystemExit("redis-server not found (scripts/bootstrap.sh installs it)")
+        redis_server = RedisServer(binary, work / "redis")
         ls = start_label_studio(work)
+        pictures, images = image_server(work)
         try:
+            api = LabelStudioAPI(LabelStudioAuth(ls.url, ADMIN_TOKEN), timeout=3600)
+            for email in LABELERS:
+                api._call("POST", "/api/users/", body={"email": email,
+                                                       "username": email.split("@")[0]})
+            registry = Registry(LocalStore(work / "models" / "registry"), work / "cache")
+            checkpoint = untrained_checkpoint(work / "m.pt", ["circle", "square", "triangle"])
+            base = Spec(url=ls.url, token=ADMIN_TOKEN, project=0, tasks=0,
+                        redis_url=redis_server.url, model_dir=str(work / "models"),
+                        images=images, work=str(work), labelers=LABELERS,
+                        window=args.window, repeats=args.repeats)
             for size in (args.small, args.tasks):
-                started = time.perf_counter()
-                project = build(ls.url, f"scale {size}", size, min(args.labeled, size),
-                                args.boxes_per_task)
-                entry: dict = {"build_seconds": round(time.perf_counter() - started, 1)}
-                new_ids, seconds = import_new(ls.url, project, args.new)
-                entry["new_import_seconds"] = round(seconds, 1)
-                for name in OPERATIONS:
-                    entry[name] = measured(name, ls.url, project, new_ids, work)
-                    print(f"{size} tasks: {name} {entry[name]}", file=sys.stderr)
-                report["sizes"][str(size)] = entry
+                report["sizes"][str(size)] = one_size(args, api, base, registry, checkpoint,
+                                                      size)
         finally:
+            pictures.stop()
             ls.stop()
-    small, large = (report["sizes"][str(n)] for n in (args.small, args.tasks))
-    report["large_over_small"] = {name: {"seconds": round(large[name]["seconds"]
-                                                          / max(small[name]["seconds"], 1e-3), 2),
-                                         "peak_rss": round(large[name]["peak_rss_mb"]
-                                                           / small[name]["peak_rss_mb"], 2)}
-                                  for name in OPERATIONS}
+            redis_server.stop()
+    sizes = [str(args.small), str(args.tasks)]
+    report["large_over_small"] = ratios(*(report["sizes"][s] for s in sizes))
+    report["probe_version"] = PROBE_VERSION
     emit(report, args.out)
+    print(table(report, sizes), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from backend.http.app import create_app
+from backend.jobs import pushback as jobpushback
 from backend.jobs import queues as jobqueues
 from backend.jobs import tasks as jobtasks
-from backend.jobs.policy import next_training_at, training_due
+from backend.jobs.policy import import_batch, next_training_at, training_due
 from backend.jobs.queues import TRAINING_QUEUE, JobQueue, ProjectLock, key
 from backend.model.registry import LocalStore, Registry
 from tests.conftest import make_settings
@@ -50,6 +51,18 @@ def test_training_policy(labeled: int, last: int | None, forced: bool, due: bool
 
 def test_growth_off_means_every_n() -> None:
     assert next_training_at(30, 30, 50, 0.0) == 80
+
+
+@pytest.mark.parametrize(("import_s", "forward_s", "batch"), [
+    (18.0, 0.0145, 10_000),  # 118k tasks, a stock Label Studio: 12,414 wanted, the ceiling
+    (3.0, 0.0145, 2_069),    # 20k tasks: 3 s / (0.1 x 14.5 ms) = 2,068.97 -> 2,069
+    (0.5, 0.0145, 1_000),    # fast import (344 wanted): never below the page
+    (0.0, 0.0145, 1_000),    # nothing measured yet
+    (5.0, 0.0, 1_000),
+])
+def test_import_batch_spreads_the_fixed_cost_over_enough_forward_time(
+        import_s: float, forward_s: float, batch: int) -> None:
+    assert import_batch(import_s, forward_s, floor=1_000, ceiling=10_000, share=0.1) == batch
 
 
 # -- the web side ---------------------------------------------------------------------------
@@ -127,8 +140,9 @@ class FakeContext:
 def world(tmp_path: Path, redis_db: Redis, monkeypatch: pytest.MonkeyPatch):
     api = FakeLabelStudio(exported_tasks(range(1, 13)) + unlabeled_tasks(range(100, 110)))
     ctx = FakeContext(tmp_path, redis_db, api)
-    monkeypatch.setattr(jobtasks, "Context", lambda settings: ctx)
-    monkeypatch.setattr(jobtasks, "Settings", SimpleNamespace(from_env=lambda: ctx.settings))
+    for module in (jobtasks, jobpushback):  # the job functions build their context here
+        monkeypatch.setattr(module, "Context", lambda settings: ctx)
+        monkeypatch.setattr(module, "Settings", SimpleNamespace(from_env=lambda: ctx.settings))
     return ctx
 
 

@@ -45,3 +45,17 @@ def training_due(labeled: int, last_trained: int | None, *, forced: bool, min_la
         return Decision(True, f"{labeled - last_trained} new labeled tasks since the last "
                               f"training at {last_trained}", next_at)
     return Decision(False, f"{labeled} labeled tasks; next training at {next_at}", next_at)
+
+
+def import_batch(import_s: float, forward_s_per_task: float, floor: int, ceiling: int,
+                 share: float) -> int:
+    """How many predictions to gather before the next bulk import into Label Studio.
+
+    A bulk prediction import costs a part that does not depend on its size and grows with the
+    project (Label Studio 1.23 recounts every task of the project on each call unless its
+    memory-efficient import flag is on): the last import's seconds, spread over the next
+    batch, should cost at most `share` of the forward time those predictions took."""
+    if forward_s_per_task <= 0 or import_s <= 0:
+        return floor
+    wanted = int(-(-import_s // (share * forward_s_per_task)))  # ceil
+    return max(floor, min(ceiling, wanted))

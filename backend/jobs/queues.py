@@ -256,7 +256,7 @@ class JobQueue:
     def request_pushback(self, project: int) -> str | None:
         """Queue pre-annotation of the project's backlog by its champion (single flight)."""
         return self._enqueue_once("pushback", project, PREDICT_QUEUE,
-                                  "backend.jobs.tasks.push_back", (project,), PREDICT_TIMEOUT_S)
+                                  "backend.jobs.pushback.push_back", (project,), PREDICT_TIMEOUT_S)
 
     def request_review(self, project: int) -> str | None:
         """Queue a suspected-label-error review of the project's labeled tasks (single
@@ -268,7 +268,7 @@ class JobQueue:
     def request_new_tasks(self, project: int, task_ids: list[int]) -> str:
         """Queue predictions for tasks Label Studio just created."""
         job = self.queue(PREDICT_QUEUE).enqueue(
-            "backend.jobs.tasks.predict_new_tasks", project, task_ids,
+            "backend.jobs.pushback.predict_new_tasks", project, task_ids,
             job_timeout=PREDICT_TIMEOUT_S, result_ttl=RESULT_TTL_S, failure_ttl=RESULT_TTL_S,
             retry=TRANSIENT_RETRY, description=f"new tasks project {project}")
         return str(job.id)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from backend.core.settings import Settings
+from backend.jobs.context import Context, acquire, progress
 from backend.jobs.queues import PREDICT_TIMEOUT_S, TRAINING_QUEUE, ProjectLock
-from backend.jobs.tasks import Context, _acquire, _progress
 from backend.model.dataset import ImageCache
 
 
@@ -21,12 +21,12 @@ def review_labels(project: int, context: Context | None = None) -> dict[str, Any
 
     ctx = context or Context(Settings.from_env())
     s = ctx.settings
-    lock = _acquire(ctx, "review", project, f"review:{project}",
+    lock = acquire(ctx, "review", project, f"review:{project}",
                     "backend.jobs.review.review_labels", TRAINING_QUEUE, PREDICT_TIMEOUT_S)
     if lock is None:
         return {"status": "deferred", "reason": "another review of this project is running"}
     try:
-        _progress(stage="review")
+        progress(stage="review")
         cache = ImageCache(s.image_cache_dir, ctx.fetcher, s.max_image_pixels)
         return review_project(
             project, s, ctx.api, cache, ctx.registry, device=resolve_device(s.device),

@@ -1,0 +1,242 @@
+"""The operations `benchmarks/scale.py` times, each run in a process of its own.
+
+Every operation takes the run's `Spec` (where Label Studio, Redis, the images and the project
+are) and returns a dict with at least `items` (how many things it handled); the caller adds
+seconds and peak RSS. Operations that answer users (`status`, `dashboard`) report latency
+percentiles over repeats instead of one time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
+from sync.plan import BlobInfo
+
+CONTAINER = "seed"
+DISTINCT_IMAGES = 200
+URL_EXPIRES = 4_102_444_800.0  # 2100-01-01: the benchmark's URLs never need re-signing
+PROBE_VERSION = "probe"
+
+
+@dataclass
+class Spec:
+    """What an operation needs to find the run's services and project."""
+
+    url: str
+    token: str
+    project: int
+    tasks: int
+    redis_url: str
+    model_dir: str
+    images: str
+    work: str
+    new_ids: list[int] = field(default_factory=list)
+    labelers: list[str] = field(default_factory=list)
+    labeled_ids: list[int] = field(default_factory=list)
+    window: int = 2000
+    repeats: int = 20
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self)))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Spec:
+        return cls(**json.loads(path.read_text()))
+
+    def api(self) -> LabelStudioAPI:
+        return LabelStudioAPI(LabelStudioAuth(self.url, self.token), timeout=3600)
+
+    def environment(self) -> dict[str, str]:
+        """The settings the backend's jobs read (Settings.from_env)."""
+        return {"LABEL_STUDIO_URL": self.url, "LABEL_STUDIO_API_KEY": self.token,
+                "REDIS_URL": self.redis_url, "MODEL_DIR": self.model_dir,
+                "IMAGE_CACHE_DIR": str(Path(self.work) / "image-cache"),
+                "MODEL_WEIGHTS": "none", "DEVICE": "cpu",
+                "TORCH_HOME": str(Path(self.work) / "torch"), "SCORE_THRESHOLD": "0.3",
+                "PRELABEL_UNCALIBRATED": "show",
+                "ALLOWED_IMAGE_HOSTS": self.images.removeprefix("http://"),
+                "LOG_LEVEL": "warning"}
+
+
+def blob_name(n: int) -> str:
+    return f"train2017/{n:012d}.jpg"
+
+
+def image_url(images: str, n: int) -> str:
+    return f"{images}/{n % DISTINCT_IMAGES}.jpg?task={n}"
+
+
+def sync_data(images: str, n: int) -> dict[str, Any]:
+    """A task's data exactly as the sync writes it for blob n (sync/importer.py)."""
+    return {"image": image_url(images, n), "mlassist_blob": f"{CONTAINER}/{blob_name(n)}",
+            "mlassist_etag": f'"0x{n:x}"', "mlassist_url_expires": URL_EXPIRES,
+            "mlassist_missing": False}
+
+
+class SeedListing:
+    """A sync source listing blobs 0..count-1 as the build imported them (no storage)."""
+
+    def __init__(self, count: int, images: str) -> None:
+        self.count = count
+        self.images = images
+
+    def list(self) -> Any:
+        for n in range(self.count):
+            yield BlobInfo(CONTAINER, blob_name(n), f'"0x{n:x}"', 160_000)
+
+    def url_for(self, name: str) -> tuple[str, float]:
+        return image_url(self.images, int(name.rsplit("/", 1)[-1].split(".")[0])), URL_EXPIRES
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"p50_s": round(statistics.median(ordered), 3),
+            "p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
+            "max_s": round(ordered[-1], 3), "repeats": len(ordered)}
+
+
+def _latency(call: Callable[[], Any], repeats: int) -> dict[str, Any]:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
+def op_project(spec: Spec) -> dict[str, Any]:
+    from backend.labelstudio.client import labeled_task_count
+
+    return {"items": labeled_task_count(spec.api().project(spec.project))}
+
+
+def op_status(spec: Spec) -> dict[str, Any]:
+    """`/status`'s work (project_status) repeated: latency percentiles."""
+    from backend.core.settings import Settings
+    from backend.jobs.queues import JobQueue, connect
+    from backend.jobs.status import project_status
+    from backend.model.registry import open_registry
+
+    settings = Settings.from_env()
+    api, registry = spec.api(), open_registry(settings)
+    jobs = JobQueue(connect(settings.redis_url))
+    found = project_status(spec.project, settings, api, registry, jobs)
+    return {"items": found["tasks"], **_latency(
+        lambda: project_status(spec.project, settings, api, registry, jobs), spec.repeats)}
+
+
+def op_dashboard(spec: Spec) -> dict[str, Any]:
+    """`/dashboard`'s numbers (project_stats): the first (uncached) computation, then what
+    requests see through the server's cache."""
+    from backend.tools.dashboard import StatsCache, project_stats
+
+    api = spec.api()
+    started = time.perf_counter()
+    stats = project_stats(api, spec.project, spec.labelers or None)
+    first = time.perf_counter() - started
+    cache = StatsCache()
+    cache.get(api, spec.project, spec.labelers or None)
+    served = _latency(lambda: cache.get(api, spec.project, spec.labelers or None),
+                      spec.repeats)
+    return {"items": sum(stats["tasks"].values()), "uncached_s": round(first, 3), **served}
+
+
+def op_reconcile(spec: Spec) -> dict[str, Any]:
+    """One reconciliation tick over the project (its Redis state as the loop leaves it)."""
+    from backend.core.settings import Settings
+    from backend.jobs.tasks import Context, reconcile
+
+    ctx = Context(Settings.from_env())
+    ctx.queue.remember_project(spec.project)
+    queued = reconcile(ctx)
+    return {"items": sum(len(v) for v in queued.values()), "queued": queued}
+
+
+def _importer(spec: Spec) -> Any:
+    from sync.importer import Importer
+
+    return Importer(spec.api(), spec.project, SeedListing(spec.tasks, spec.images),
+                    batch=5000)
+
+
+def op_sync_restart(spec: Spec) -> dict[str, Any]:
+    """A sync process starting: reading back what is imported."""
+    return {"items": _importer(spec).load_state()}
+
+
+def op_sync_pass(spec: Spec) -> dict[str, Any]:
+    """A full sync pass with nothing new (after the restart's read-back, timed apart)."""
+    importer = _importer(spec)
+    importer.load_state()
+    started = time.perf_counter()
+    report = importer.run_pass()
+    changed = report.imported + report.updated + report.flagged_missing + report.resigned
+    return {"items": report.listed, "changed": changed,
+            "pass_s": round(time.perf_counter() - started, 2)}
+
+
+def op_assign(spec: Spec) -> dict[str, Any]:
+    """`mlassist assign` top-up: the first split, then a top-up with nothing to change."""
+    from backend.tools.assign import top_up
+
+    api = spec.api()
+    started = time.perf_counter()
+    first = top_up(api, spec.project, spec.labelers, 50)
+    first_s = time.perf_counter() - started
+    started = time.perf_counter()
+    again = top_up(api, spec.project, spec.labelers, 50)
+    return {"items": first["changed_tasks"], "first_s": round(first_s, 2),
+            "top_up_s": round(time.perf_counter() - started, 2),
+            "top_up_changed": again["changed_tasks"]}
+
+
+def op_dataset(spec: Spec) -> dict[str, Any]:
+    """The training round's labeled-task read."""
+    return {"items": len(spec.api().labeled_tasks(spec.project))}
+
+
+def op_export_coco(spec: Spec) -> dict[str, Any]:
+    from backend.cli import main
+
+    out = Path(spec.work) / f"coco-{spec.project}.json"
+    code = main(["export-coco", "--project", str(spec.project), "-o", str(out)])
+    if code:
+        raise SystemExit(f"export-coco exited {code}")
+    return {"items": len(json.loads(out.read_text())["annotations"])}
+
+
+def op_new_tasks(spec: Spec) -> dict[str, Any]:
+    """The TASKS_CREATED job for the imported batch: read by pages, predict, import."""
+    from backend.core.settings import Settings
+    from backend.jobs.tasks import Context, predict_new_tasks
+
+    result = predict_new_tasks(spec.project, spec.new_ids, Context(Settings.from_env()))
+    return {"items": int(result.get("imported") or 0), "failed": result.get("failed")}
+
+
+OPERATIONS: dict[str, Callable[[Spec], dict[str, Any]]] = {
+    "project": op_project, "status": op_status, "dashboard": op_dashboard,
+    "reconcile": op_reconcile, "sync_restart": op_sync_restart, "sync_pass": op_sync_pass,
+    "assign": op_assign, "dataset": op_dataset, "export_coco": op_export_coco,
+    "new_tasks": op_new_tasks,
+}
+
+
+def run(name: str, spec: Spec) -> dict[str, Any]:
+    """Run one operation here, with the backend's settings in the environment."""
+    os.environ.update(spec.environment())
+    from benchmarks.scale_pushback import PUSHBACK_OPERATIONS
+
+    found = {**OPERATIONS, **PUSHBACK_OPERATIONS}.get(name)
+    if found is None:
+        raise SystemExit(f"unknown operation {name}")
+    return found(spec)
