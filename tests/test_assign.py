@@ -20,7 +20,7 @@ from label_studio_sdk import LabelStudio
 from backend.core.errors import LabelStudioError
 from backend.demo.localstack import Process, free_port
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
-from backend.tools.assign import FIELD, TaskState, decode, encode, plan, top_up
+from backend.tools.assign import FIELD, TaskState, decode, encode, plan, task_state, top_up
 from tests.labels import CONFIG
 from tests.labelstudio import ADMIN_TOKEN, LabelStudioServer
 from tests.redis_server import RedisServer
@@ -191,11 +191,9 @@ class CountingAPI:
 
 def all_states(api: LabelStudioAPI, project: int) -> list[TaskState]:
     """Every task's state by a full walk (what the top-up read before it was bounded)."""
-    from backend.tools.assign import _state
-
     found, after = [], 0
     while page := api.task_page(project, after, 1000):
-        found += [_state(task) for task in page]
+        found += [task_state(task) for task in page]
         after = int(page[-1]["id"])
     return found
 
@@ -213,7 +211,7 @@ def expected(api: LabelStudioAPI, project: int, labelers: dict[str, int], batch:
 
 
 def new_project(client: LabelStudio, api: LabelStudioAPI, tasks: int) -> tuple[int, list[int]]:
-    project = client.projects.create(title=f"assign-{tasks}", label_config=CONFIG).id
+    project = int(client.projects.create(title=f"assign-{tasks}", label_config=CONFIG).id)
     for start in range(0, tasks, 5000):
         api.import_tasks(project, [{"image": f"https://img.example.com/{i}.jpg"}
                                    for i in range(start, min(tasks, start + 5000))])

@@ -107,7 +107,8 @@ def plan(tasks: list[TaskState], labelers: dict[str, int], batch: int, overlap: 
     return result
 
 
-def _state(task: dict) -> TaskState:
+def task_state(task: dict) -> TaskState:
+    """A Label Studio task (as `task_page` lists it) as the plan sees it."""
     return TaskState(int(task["id"]), decode((task.get("data") or {}).get(FIELD)),
                      frozenset(int(a) for a in task.get("annotators") or [] if isinstance(a, int)),
                      int(task.get("total_annotations") or 0)
@@ -140,7 +141,7 @@ def _assigned_tasks(api: LabelStudioAPI, project: int, overlap: int) -> dict[int
     while True:
         page = api.task_page(project, after, PAGE,
                              where=[ASSIGNED, *_still_needed(overlap)])
-        found.update((state.id, state) for state in map(_state, page))
+        found.update((state.id, state) for state in map(task_state, page))
         if len(page) < PAGE:
             return found
         after = int(page[-1]["id"])
@@ -174,7 +175,7 @@ def plan_top_up(api: LabelStudioAPI, project: int, labelers: dict[str, int], bat
         lagging = walked.index(read_to)
         page = api.task_page(project, int(read_to), limit,
                              where=[UNASSIGNED[lagging], *_still_needed(overlap)])
-        for state in map(_state, page):
+        for state in map(task_state, page):
             tasks.setdefault(state.id, state)
         walked[lagging] = math.inf if len(page) < limit else int(page[-1]["id"])
 
