@@ -190,9 +190,12 @@ class LabelStudioAPI:
         raw data (keyset paging: labelers working meanwhile cannot make it skip tasks)."""
         return self._task_walk(project, after_id, limit, unlabeled_only=True, full=True)
 
-    def task_page(self, project: int, after_id: int, limit: int) -> list[dict]:
-        """Up to `limit` tasks with id > after_id, in id order, data only."""
-        return self._task_walk(project, after_id, limit, unlabeled_only=False, full=False)
+    def task_page(self, project: int, after_id: int, limit: int,
+                  where: list[dict] | None = None) -> list[dict]:
+        """Up to `limit` tasks with id > after_id, in id order, data only; `where` adds Data
+        Manager filter items (all must hold)."""
+        return self._task_walk(project, after_id, limit, unlabeled_only=False, full=False,
+                               extra=where)
 
     def labeled_task_page(self, project: int, after_id: int, limit: int) -> list[dict]:
         """Up to `limit` labeled tasks with id > after_id, in id order, with annotations and
@@ -245,6 +248,18 @@ class LabelStudioAPI:
 
     def update_task(self, task_id: int, **fields: object) -> None:
         self._call("PATCH", f"/api/tasks/{task_id}", body=fields)
+
+    def set_data_field(self, project: int, task_ids: list[int], field: str, value: str) -> None:
+        """Set `data.<field>` to the string `value` on the given tasks in one request, leaving
+        their other data keys as they are: the Data Manager's "Add Or Modify Data Field" action
+        (experimental: hidden from the menu, but `/api/dm/actions` runs it), which reads and
+        writes each task's data inside Label Studio, so no client-side read races a writer."""
+        if not task_ids:  # an empty selection means every task of the project to Label Studio
+            return
+        self._call("POST", "/api/dm/actions",
+                   params={"id": "add_data_field", "project": str(project)},
+                   body={"selectedItems": {"all": False, "included": task_ids},
+                         "value_name": field, "value_type": "String", "value": value})
 
     def count_tasks_with_prediction(self, project: int, version: str) -> int | None:
         """How many tasks hold a prediction of `version` (None if Label Studio cannot say)."""

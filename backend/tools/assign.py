@@ -8,24 +8,31 @@ every annotation or new task, by a worker) assigns more tasks, in id order, to w
 than `batch` open ones: a task goes to one labeler, or to `overlap` labelers when asked. A
 labeler dropped from the list gives back the open tasks they held.
 
-`plan` is a pure function of the tasks' state, tested without Label Studio.
+`plan` is a pure function of the tasks' state, tested without Label Studio. A top-up reads only
+what the plan can change (a project may hold 118,000 tasks): the assigned tasks that still need
+a label (about labelers x batch), then unassigned ones in id order, a page at a time, until
+every labeler is full; it writes each labeler's new tasks in one bulk request.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.core.errors import MLAssistError
+from backend.core.errors import LabelStudioError, MLAssistError
 from backend.labelstudio.client import LabelStudioAPI
 
 logger = logging.getLogger(__name__)
 
 FIELD = "mlassist_assignees"
 VIEW_PREFIX = "mlassist: "
+PAGE = 1000  # tasks per read of the assigned tasks, and the most per read of unassigned ones
+MIN_FRESH_PAGE = 100  # the fewest unassigned tasks read at once (a refill of one task)
+WRITE_CHUNK = 1000  # task ids per bulk write
 
 
 class AssignError(MLAssistError):
@@ -100,16 +107,95 @@ def plan(tasks: list[TaskState], labelers: dict[str, int], batch: int, overlap: 
     return result
 
 
-def _task_states(api: LabelStudioAPI, project: int) -> Iterator[TaskState]:
+def task_state(task: dict) -> TaskState:
+    """A Label Studio task (as `task_page` lists it) as the plan sees it."""
+    return TaskState(int(task["id"]), decode((task.get("data") or {}).get(FIELD)),
+                     frozenset(int(a) for a in task.get("annotators") or [] if isinstance(a, int)),
+                     int(task.get("total_annotations") or 0)
+                     + int(task.get("cancelled_annotations") or 0))
+
+
+ASSIGNED = {"filter": f"filter:tasks:data.{FIELD}", "operator": "contains", "type": "String",
+            "value": ","}
+# Unassigned tasks, as two walks: Label Studio's `not_contains` leaves out tasks without the
+# field (SQL NULL), and its `empty` counts "" as empty only when the project's first task holds
+# a string there, so "no field" and "emptied by a release" are asked for separately.
+UNASSIGNED = ({"filter": f"filter:tasks:data.{FIELD}", "operator": "empty", "type": "String",
+               "value": True},
+              {"filter": f"filter:tasks:data.{FIELD}", "operator": "equal", "type": "String",
+               "value": ""})
+
+
+def _still_needed(overlap: int) -> list[dict[str, Any]]:
+    """Filter items that keep every task `plan` may change: it touches only tasks with fewer
+    than `overlap` annotations and skips together, so each count alone is below `overlap`."""
+    return [{"filter": f"filter:tasks:{count}", "operator": "less", "type": "Number",
+             "value": overlap} for count in ("total_annotations", "cancelled_annotations")]
+
+
+def _assigned_tasks(api: LabelStudioAPI, project: int, overlap: int) -> dict[int, TaskState]:
+    """Every task someone holds that still needs a label: the open batches, plus what dropped
+    labelers hold (to give back). Fully labeled tasks are left out: `plan` never changes them."""
+    found: dict[int, TaskState] = {}
     after = 0
-    while page := api.task_page(project, after, 1000):
-        for task in page:
-            yield TaskState(int(task["id"]), decode((task.get("data") or {}).get(FIELD)),
-                            frozenset(int(a) for a in task.get("annotators") or []
-                                      if isinstance(a, int)),
-                            int(task.get("total_annotations") or 0)
-                            + int(task.get("cancelled_annotations") or 0))
+    while True:
+        page = api.task_page(project, after, PAGE,
+                             where=[ASSIGNED, *_still_needed(overlap)])
+        found.update((state.id, state) for state in map(task_state, page))
+        if len(page) < PAGE:
+            return found
         after = int(page[-1]["id"])
+
+
+def _settled(result: Plan, tasks: dict[int, TaskState], batch: int, read_to: float) -> bool:
+    """Whether a plan over the assigned tasks and the unassigned ones up to id `read_to` is the
+    plan over all tasks: every labeler is full, and no task past `read_to` got a labeler (an
+    unassigned task not read yet, with a lower id, would have had it first)."""
+    if read_to == math.inf:
+        return True
+    if any(count < batch for count in result.open_tasks.values()):
+        return False
+    return all(task_id <= read_to for task_id, now in result.changes.items()
+               if now - tasks[task_id].assignees)
+
+
+def plan_top_up(api: LabelStudioAPI, project: int, labelers: dict[str, int], batch: int,
+                overlap: int) -> Plan:
+    """`plan` over only the tasks it needs: the assigned ones still needed, then unassigned
+    ones that still need a label, in id order, a page at a time until every labeler is full."""
+    tasks = _assigned_tasks(api, project, overlap)
+    walked: list[float] = [0] * len(UNASSIGNED)  # each walk's last id read; inf once done
+    while True:
+        read_to = min(walked)  # every unassigned task up to here has been read
+        result = plan(sorted(tasks.values(), key=lambda t: t.id), labelers, batch, overlap)
+        if _settled(result, tasks, batch, read_to):
+            return result
+        short = sum(max(0, batch - count) for count in result.open_tasks.values())
+        limit = min(PAGE, max(MIN_FRESH_PAGE, short))
+        lagging = walked.index(read_to)
+        page = api.task_page(project, int(read_to), limit,
+                             where=[UNASSIGNED[lagging], *_still_needed(overlap)])
+        for state in map(task_state, page):
+            tasks.setdefault(state.id, state)
+        walked[lagging] = math.inf if len(page) < limit else int(page[-1]["id"])
+
+
+def _write(api: LabelStudioAPI, project: int, changes: dict[int, frozenset[str]]) -> None:
+    """One bulk write per distinct assignee list (a labeler's new batch is one request)."""
+    groups: dict[str, list[int]] = {}
+    for task_id, assignees in sorted(changes.items()):
+        groups.setdefault(encode(assignees), []).append(task_id)
+    for value, ids in groups.items():
+        for start in range(0, len(ids), WRITE_CHUNK):
+            chunk = ids[start:start + WRITE_CHUNK]
+            try:
+                api.set_data_field(project, chunk, FIELD, value)
+            except LabelStudioError as exc:  # a Label Studio without the action
+                logger.warning("bulk data update refused (%s); writing task by task", exc)
+                for task_id in chunk:
+                    # Re-read right before writing: Label Studio replaces `data` whole, and
+                    # the sync may have re-signed the task's URL since the walk.
+                    api.update_task(task_id, data={**api.task_data(task_id), FIELD: value})
 
 
 def view_filters(email: str, user_id: int, overlap: int) -> dict[str, Any]:
@@ -137,11 +223,8 @@ def top_up(api: LabelStudioAPI, project: int, emails: list[str], batch: int,
         raise AssignError(f"no Label Studio user for {missing}; invite them first "
                           "(Organization > Add people), then assign")
     labelers = dict(users[e.lower()] for e in emails)  # emails as Label Studio spells them
-    result = plan(list(_task_states(api, project)), labelers, batch, overlap)
-    for task_id, assignees in result.changes.items():
-        # Re-read right before writing: Label Studio replaces `data` whole, and the sync may
-        # have re-signed the task's URL since the walk.
-        api.update_task(task_id, data={**api.task_data(task_id), FIELD: encode(assignees)})
+    result = plan_top_up(api, project, labelers, batch, overlap)
+    _write(api, project, result.changes)
     views = {v.get("data", {}).get("title"): v for v in api.views(project)}
     for email, user_id in labelers.items():
         title = f"{VIEW_PREFIX}{email}"
