@@ -19,8 +19,9 @@ correctness checks (each backlog task of the window and each new task holds exac
 prediction of the champion's version, nothing else does, every labeled task is in the training
 read); and last what each way of storing predictions costs per call at that size.
 
-`--fast-prediction-import` starts Label Studio with its memory-efficient prediction import
-(the feature flag that makes a bulk import update only the tasks it touches).
+Label Studio runs as it ships (its bulk prediction import recounts every task of the project on
+each call); `--fast-prediction-import` starts it with the feature flag that makes an import
+recount only the tasks it touches, as MLAssist's own stacks do (backend/demo/localstack.py).
 
     python benchmarks/scale.py [--tasks 118000] [--small 4000] [--labeled 2000] [--window 2000]
         [--new 5000] [--fast-prediction-import] [--only op,op] [--out FILE]
@@ -52,9 +53,8 @@ from tests.labelstudio import ADMIN_TOKEN, start_label_studio  # noqa: E402
 from tests.redis_server import RedisServer, redis_binary  # noqa: E402
 
 IMPORT_BATCH = 5000
-FAST_IMPORT_FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 BEFORE_NEW = ("project", "sync_restart", "sync_pass", "reconcile", "status", "dashboard",
-              "export_coco", "assign", "forward", "pushback")
+              "export_coco", "assign", "list_cost", "forward", "pushback")
 LABELERS = [f"labeler{n}@example.com" for n in range(3)]
 
 
@@ -208,8 +208,9 @@ def main() -> None:
     from tests.services import untrained_checkpoint
 
     stop_cleanly_on_sigterm()
-    if args.fast_prediction_import:
-        os.environ[FAST_IMPORT_FLAG] = "true"
+    from backend.demo.localstack import FAST_PREDICTION_IMPORT_FLAG
+
+    os.environ[FAST_PREDICTION_IMPORT_FLAG] = str(args.fast_prediction_import).lower()
     report: dict = {"machine": machine(), "labeled": args.labeled, "window": args.window,
                     "boxes_per_task": args.boxes_per_task, "new_tasks": args.new,
                     "fast_prediction_import": args.fast_prediction_import, "sizes": {}}

@@ -140,6 +140,34 @@ def op_store_cost(spec: Spec) -> dict[str, Any]:
     return {"items": stored, **result}
 
 
+def op_list_cost(spec: Spec) -> dict[str, Any]:
+    """Seconds of one page of 1,000 unlabeled tasks from the middle of the project, as the
+    push-back lists them (every field, predictions included) and with Label Studio's default
+    fields; and the filtered count `/status` makes of the champion's predictions."""
+    api = spec.api()
+    middle = spec.tasks // 2
+    unlabeled = {"filter": "filter:tasks:total_annotations", "operator": "equal",
+                 "type": "Number", "value": 0}
+    after = {"filter": "filter:tasks:id", "operator": "greater", "type": "Number",
+             "value": middle}
+
+    def page(fields: str | None) -> None:
+        params = {"project": str(spec.project), "page": "1", "page_size": "1000",
+                  "resolve_uri": "false", "query": json.dumps({"filters": {
+                      "conjunction": "and", "items": [after, unlabeled]},
+                      "ordering": ["tasks:id"]})}
+        if fields:
+            params["fields"] = fields
+        api._call("GET", "/api/tasks", params=params)
+
+    return {"items": 1000,
+            "page_all_fields_s": min(_timed(lambda: page("all")) for _ in range(REPEATS)),
+            "page_default_fields_s": min(_timed(lambda: page(None)) for _ in range(REPEATS)),
+            "count_with_version_s": min(_timed(lambda: api.count_tasks_with_prediction(
+                spec.project, "no-such-version")) for _ in range(REPEATS))}
+
+
 PUSHBACK_OPERATIONS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "pushback": op_pushback, "forward": op_forward, "store_cost": op_store_cost,
+    "list_cost": op_list_cost,
 }

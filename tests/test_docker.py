@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from backend.core.settings import Settings
+from backend.demo.localstack import FAST_PREDICTION_IMPORT_FLAG
 from tests.conftest import require
 from tests.services import mlassist_bin
 
@@ -91,6 +92,8 @@ def test_label_studio_runs_on_postgres_with_the_facts_settings(resolved: dict) -
     # LABEL_STUDIO_FACTS.md: both, or the backend on a private address gets 403.
     assert env["SSRF_PROTECTION_ENABLED"] == "false" and env["ML_BLOCK_LOCAL_IP"] == "false"
     assert ls["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The same flag as the local stack: prediction imports recount only the tasks they touch.
+    assert env[FAST_PREDICTION_IMPORT_FLAG] == "true"
 
 
 def test_the_gpu_worker_reserves_a_gpu_and_runs_the_cuda_image(resolved: dict) -> None:
