@@ -207,6 +207,15 @@ class LabelStudioAPI:
                                extra=[{"filter": f"filter:tasks:data.{field}",
                                        "operator": "greater", "type": "Number", "value": 0}])
 
+    def assigned_unlabeled_page(self, project: int, field: str, after_id: int,
+                                limit: int) -> list[dict]:
+        """Up to `limit` unlabeled tasks with id > after_id whose `data.<field>` holds a
+        comma-separated list (data and annotators, in id order)."""
+        return self._task_walk(project, after_id, limit, unlabeled_only=True, full=False,
+                               extra=[{"filter": f"filter:tasks:data.{field}",
+                                       "operator": "contains", "type": "String",
+                                       "value": ","}])
+
     def _task_walk(self, project: int, after_id: int, limit: int, unlabeled_only: bool,
                    full: bool, labeled_only: bool = False,
                    extra: list[dict] | None = None) -> list[dict]:
@@ -239,18 +248,25 @@ class LabelStudioAPI:
     def update_task(self, task_id: int, **fields: object) -> None:
         self._call("PATCH", f"/api/tasks/{task_id}", body=fields)
 
+    def count_tasks(self, project: int, items: list[dict]) -> int:
+        """How many tasks of the project match the Data Manager filter `items` (all of them):
+        the `total` of a one-task page, so the cost does not grow with what matches."""
+        query = {"filters": {"conjunction": "and", "items": items}}
+        found = self._call("GET", "/api/tasks", params={
+            "project": str(project), "page": "1", "page_size": "1", "resolve_uri": "false",
+            "query": json.dumps(query)})
+        if not isinstance(found, dict) or not isinstance(found.get("total"), int):
+            raise LabelStudioError(f"unexpected task count for project {project}")
+        return int(found["total"])
+
     def count_tasks_with_prediction(self, project: int, version: str) -> int | None:
         """How many tasks hold a prediction of `version` (None if Label Studio cannot say)."""
-        query = {"filters": {"conjunction": "and", "items": [
-            {"filter": "filter:tasks:predictions_model_versions", "operator": "contains",
-             "type": "List", "value": version}]}}
         try:
-            found = self._call("GET", "/api/tasks", params={
-                "project": str(project), "page": "1", "page_size": "1",
-                "query": json.dumps(query)})
+            return self.count_tasks(project, [
+                {"filter": "filter:tasks:predictions_model_versions", "operator": "contains",
+                 "type": "List", "value": version}])
         except LabelStudioError:
             return None
-        return int(found.get("total") or 0) if isinstance(found, dict) else None
 
     def task_pages_by_id(self, project: int, task_ids: list[int],
                          limit: int = 200) -> Iterator[list[dict]]:
