@@ -15,7 +15,7 @@ from label_studio_sdk import LabelStudio
 
 from backend.jobs.status import project_status
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
-from backend.tools.assign import FIELD, decode, encode
+from backend.tools.assign import FIELD, decode, encode, view_filters
 from backend.tools.dashboard import StatsCache, project_stats
 from benchmarks.export import tasks as labeled_tasks
 from tests.conftest import make_settings
@@ -96,14 +96,15 @@ def build(client: LabelStudio, api: LabelStudioAPI, title: str, tail: int) -> in
     return int(project)
 
 
-def walked(api: LabelStudioAPI, project: int) -> tuple[Counter, Counter]:
-    """What the dashboard computed before issue 16, by reading every task."""
+def walked(api: LabelStudioAPI, project: int, full: bool) -> tuple[Counter, Counter]:
+    """What the dashboard computed before issue 16, by reading every task (as it did, with the
+    default fields, or with `fields=all`, the only ones that fill in `annotators`)."""
     users = {u.get("id"): str(u.get("email") or u.get("username") or u.get("id"))
              for u in api.users()}
     tasks: Counter = Counter()
     assigned_open: Counter = Counter()
     after = 0
-    while page := api.task_page(project, after, 1000):
+    while page := api._task_walk(project, after, 1000, unlabeled_only=False, full=full):
         for task in page:
             labeled = int(task.get("total_annotations") or 0) > 0
             if not labeled:
@@ -128,21 +129,27 @@ def projects(label_studio: LabelStudioServer, client: LabelStudio) -> dict[str, 
 def test_counts_equal_the_walk_over_every_task(label_studio: LabelStudioServer,
                                                 projects: dict[str, int]) -> None:
     api = LabelStudioAPI(LabelStudioAuth(label_studio.url, ADMIN_TOKEN))
+    admin = next(u["id"] for u in api.users() if u["email"] == ADMIN_EMAIL)
     for project in projects.values():
-        tasks, assigned_open = walked(api, project)
+        tasks, walked_open = walked(api, project, full=False)
+        _, meant_open = walked(api, project, full=True)
         stats = project_stats(api, project, [ADMIN_EMAIL, GHOST])
         for name in ("unlabeled_prelabeled", "unlabeled_bare"):
             assert stats["tasks"][name] == tasks[name], name
         opened = {row["labeler"]: row["open_batch"] for row in stats["labelers"]}
-        assert opened == {ADMIN_EMAIL: assigned_open[ADMIN_EMAIL],
-                          GHOST: assigned_open[GHOST]}
-        # 6+4 labeled of the admin's 40 + 20 shared, 4 skipped: 46 open; the ghost's 40, all.
-        assert opened == {ADMIN_EMAIL: 46, GHOST: 40}
+        # The admin holds 40 + 20 shared unlabeled tasks, labels 4 and skips 4: 52 open; the
+        # ghost's 40 stay open. The old walk's `annotators` were empty: it counted skips.
+        assert opened == {ADMIN_EMAIL: meant_open[ADMIN_EMAIL], GHOST: meant_open[GHOST]} \
+            == {ADMIN_EMAIL: 52, GHOST: 40}
+        assert walked_open == {ADMIN_EMAIL: 56, GHOST: 40}
+        assert api.count_tasks(project, view_filters(ADMIN_EMAIL, admin, 1)["items"]) == 52, \
+            "what the admin's Data Manager tab lists"
         assert stats["tasks"]["labeled_from_scratch"] + \
             stats["tasks"]["labeled_from_prelabel"] == 24
         assert project_stats(api, project, None)["labelers"][0]["open_batch"] is None
     large = project_stats(api, projects["large"], None)["tasks"]
-    assert large["unlabeled_prelabeled"] == 26 + 2900 // 3 + 1  # 3,000 tasks: n % 3 == 0
+    # Tasks 0-23 are labeled; of the others, those with n % 3 == 0 hold a pre-label.
+    assert large["unlabeled_prelabeled"] == sum(1 for n in range(24, 3000) if n % 3 == 0)
     assert large["unlabeled_bare"] == 2976 - large["unlabeled_prelabeled"]
 
 
@@ -162,10 +169,14 @@ def test_requests_do_not_grow_with_the_tasks(label_studio: LabelStudioServer,
                       "tasks": status["tasks"],
                       "prelabeled": status["tasks_with_champion_prelabels"]}
     assert made["small"]["tasks"] == 120 and made["large"]["tasks"] == 3000
-    # The champion's pre-labels: n % 3 == 0 and n odd, n < 120 or n < 3000.
-    assert made["small"]["prelabeled"] == sum(1 for n in range(120) if n % 6 == 3)
-    assert made["large"]["prelabeled"] == sum(1 for n in range(3000) if n % 6 == 3)
-    assert made["large"]["dashboard"] == made["small"]["dashboard"] <= 6
+    # The champion's pre-labels are on tasks 20 and up with n % 3 == 0 and n odd (the others
+    # with n % 3 == 0 hold the older version's, which shares all but one character with it).
+    assert made["small"]["prelabeled"] == sum(1 for n in range(20, 120) if n % 6 == 3)
+    assert made["large"]["prelabeled"] == sum(1 for n in range(20, 3000) if n % 6 == 3)
+    # users, two counts, the assigned unlabeled tasks and the labeled ones (a page each and
+    # the empty page that ends a keyset walk), at 120 tasks as at 3,000 (the walk over every
+    # task this replaced took a page per 1,000 tasks).
+    assert made["large"]["dashboard"] == made["small"]["dashboard"] == 7
     assert made["large"]["status"] == made["small"]["status"] == 2
 
 

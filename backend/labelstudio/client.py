@@ -210,8 +210,9 @@ class LabelStudioAPI:
     def assigned_unlabeled_page(self, project: int, field: str, after_id: int,
                                 limit: int) -> list[dict]:
         """Up to `limit` unlabeled tasks with id > after_id whose `data.<field>` holds a
-        comma-separated list (data and annotators, in id order)."""
-        return self._task_walk(project, after_id, limit, unlabeled_only=True, full=False,
+        comma-separated list, in id order, with `annotators` (which only `fields=all` fills
+        in: the default fields list it empty, skips included)."""
+        return self._task_walk(project, after_id, limit, unlabeled_only=True, full=True,
                                extra=[{"filter": f"filter:tasks:data.{field}",
                                        "operator": "contains", "type": "String",
                                        "value": ","}])
@@ -260,11 +261,15 @@ class LabelStudioAPI:
         return int(found["total"])
 
     def count_tasks_with_prediction(self, project: int, version: str) -> int | None:
-        """How many tasks hold a prediction of `version` (None if Label Studio cannot say)."""
+        """How many tasks hold a prediction of `version` (None if Label Studio cannot say).
+        The value must be a list: Label Studio ORs a substring match over its items, so a
+        bare string matched any version sharing one character with it. A version that
+        another contains (`-v1` in `-v10`) also counts the other's tasks: with versions
+        numbered upward, only after the longer one was promoted and rolled back."""
         try:
             return self.count_tasks(project, [
                 {"filter": "filter:tasks:predictions_model_versions", "operator": "contains",
-                 "type": "List", "value": version}])
+                 "type": "List", "value": [version]}])
         except LabelStudioError:
             return None
 

@@ -93,8 +93,10 @@ def unlabeled_counts(api: LabelStudioAPI, project: int) -> Counter:
 
 
 def open_batches(api: LabelStudioAPI, project: int, users: dict[Any, str]) -> Counter:
-    """Each assignee's open tasks: assigned to them, unlabeled, and not annotated or skipped
-    by them. Only unlabeled assigned tasks are read, which the batch size bounds."""
+    """Each assignee's open tasks: assigned to them, unlabeled, and not skipped by them (what
+    their Data Manager tab lists). Only unlabeled assigned tasks are read, which the batch
+    size bounds. (The walk over every task this replaced read the default fields, whose
+    `annotators` is always empty, so it counted the tasks a labeler skipped as open.)"""
     assigned_open: Counter = Counter()
     after = 0
     while page := api.assigned_unlabeled_page(project, FIELD, after, 1000):
