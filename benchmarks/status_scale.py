@@ -8,10 +8,14 @@
   project, and each background refresh, costs);
 - `stats_cached`: `StatsCache.get` once the numbers are there (what every later `/dashboard`
   request costs, stale or not);
-- `dashboard_cached`: `status` + `stats_cached`, the Label Studio part of a `/dashboard`;
+- `dashboard_cached`: `status` + `stats_cached`, the Label Studio part of a `/dashboard`,
+  and `dashboard_while_refreshing`: the same while a background refresh keeps Label Studio
+  busy;
 - each read they are made of on its own (`project_record`, `count_unlabeled`,
   `count_unlabeled_prelabeled`, `count_champion_prelabels`, `open_batches`, `labeled_walk`);
-- `task_walk_before`: the walk over every task the dashboard made before (1,000 a page).
+- before this change: `task_walk_before` (the walk over every task, 1,000 a page),
+  `stats_fresh_before` (users, that walk and the labeled walk: the old dashboard's reads) and
+  `count_champion_prelabels_before` (the old, wrong, filter with the version as a string).
 
 Each as p50/p95 seconds over `repeats` runs. Run as a script, it builds a project in a fresh
 Label Studio (`--tasks`, default 20,000, imported 5,000 a call; the first `--labeled` with
@@ -19,7 +23,7 @@ annotations, a third of the others with a pre-label of the champion, `--assigned
 labelers' batches) and prints the JSON.
 
     python benchmarks/status_scale.py [--tasks 20000] [--labeled 1000] [--assigned 200]
-        [--repeats 10] [--out FILE]
+        [--repeats 10] [--no-walks] [--out FILE]
 """
 
 from __future__ import annotations
@@ -94,27 +98,42 @@ def _task_walk_before(api: LabelStudioAPI, project: int) -> int:
     return seen
 
 
+def _stats_before(api: LabelStudioAPI, project: int) -> int:
+    """The reads of the dashboard before issue 16: users, every task, the labeled tasks."""
+    api.users()
+    return _task_walk_before(api, project) + sum(1 for _ in labeled_tasks(api, project, 100))
+
+
+def _count_before(api: LabelStudioAPI, project: int, version: str) -> int:
+    """count_tasks_with_prediction before issue 16 (the version as a bare string)."""
+    return api.count_tasks(project, [{"filter": "filter:tasks:predictions_model_versions",
+                                      "operator": "contains", "type": "List",
+                                      "value": version}])
+
+
 def measure(url: str, token: str, project: int, repeats: int = 10,
-            champion: str | None = None, labelers: list[str] | None = None) -> dict[str, Any]:
+            champion: str | None = None, labelers: list[str] | None = None,
+            walks: bool = True) -> dict[str, Any]:
     """p50/p95 seconds of /status's and /dashboard's Label Studio reads on `project`; the
-    champion is the project's `model_version` unless given."""
+    champion is the project's `model_version` unless given; without `walks`, the reads that
+    take seconds to minutes (fresh stats, the labeled walk, the reads before) are left out."""
     api = LabelStudioAPI(LabelStudioAuth(url, token), timeout=600)
     record = api.project(project)
     champion = champion or record.get("model_version") or None
     registry = _Champion(champion)
     settings = Settings.from_env({"LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": token})
     users = {u.get("id"): str(u.get("email") or u.get("id")) for u in api.users()}
-    cache = StatsCache()
+    cache = StatsCache(ttl=3600)  # fresh all along: what a request costs between refreshes
 
     def status() -> object:
         return project_status(project, settings, api, registry, None)  # type: ignore[arg-type]
 
+    started = time.perf_counter()
     cache.get(api, project, labelers)
     result: dict[str, Any] = {
         "project": project, "tasks": int(record.get("task_number") or 0), "champion": champion,
+        "stats_first_seconds": round(time.perf_counter() - started, 3),
         "status": _timed(status, repeats),
-        "stats_fresh": _timed(lambda: project_stats(api, project, labelers),
-                              max(1, repeats // 3)),
         "stats_cached": _timed(lambda: cache.get(api, project, labelers), repeats),
         "dashboard_cached": _timed(lambda: (status(), cache.get(api, project, labelers)),
                                    repeats),
@@ -123,14 +142,25 @@ def measure(url: str, token: str, project: int, repeats: int = 10,
         "count_unlabeled_prelabeled": _timed(
             lambda: api.count_tasks(project, [UNLABELED, PRELABELED]), repeats),
         "open_batches": _timed(lambda: open_batches(api, project, users), repeats),
-        "labeled_walk": _timed(lambda: sum(1 for _ in labeled_tasks(api, project, 100)),
-                               max(1, repeats // 3)),
-        "task_walk_before": _timed(lambda: _task_walk_before(api, project),
-                                   max(1, repeats // 3)),
     }
     if champion:
         result["count_champion_prelabels"] = _timed(
             lambda: api.count_tasks_with_prediction(project, champion), repeats)
+        result["count_champion_prelabels_before"] = _timed(
+            lambda: _count_before(api, project, champion), repeats)
+    cache.ttl = 0  # stale all along: every request finds a background refresh running
+    result["dashboard_while_refreshing"] = _timed(
+        lambda: (status(), cache.get(api, project, labelers)), repeats)
+    while cache.refreshing(project):
+        time.sleep(0.1)
+    if not walks:
+        return result
+    few = max(1, repeats // 3)
+    result["stats_fresh"] = _timed(lambda: project_stats(api, project, labelers), few)
+    result["labeled_walk"] = _timed(lambda: sum(1 for _ in labeled_tasks(api, project, 100)),
+                                    few)
+    result["task_walk_before"] = _timed(lambda: _task_walk_before(api, project), few)
+    result["stats_fresh_before"] = _timed(lambda: _stats_before(api, project), few)
     return result
 
 
@@ -164,6 +194,8 @@ def main() -> None:
     parser.add_argument("--labeled", type=int, default=1000)
     parser.add_argument("--assigned", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-walks", action="store_true",
+                        help="leave out the reads that take seconds to minutes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from tests.labelstudio import ADMIN_TOKEN, start_label_studio
@@ -177,7 +209,7 @@ def main() -> None:
             project = build(ls.url, ADMIN_TOKEN, args.tasks, args.labeled, args.assigned)
             report["build_seconds"] = round(time.perf_counter() - started, 1)
             report.update(measure(ls.url, ADMIN_TOKEN, project, args.repeats,
-                                  labelers=LABELERS))
+                                  labelers=LABELERS, walks=not args.no_walks))
         finally:
             ls.stop()
     emit(report, args.out)
