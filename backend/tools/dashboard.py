@@ -176,7 +176,7 @@ class StatsCache:
 
     def get(self, api: LabelStudioAPI, project: int,
             labelers: list[str] | None) -> dict[str, Any]:
-        cache_key = (project, tuple(labelers or ()) if labelers is not None else None)
+        cache_key = (project, tuple(labelers) if labelers is not None else None)
         with self._lock:
             hit = self._entries.get(cache_key)
             if hit is not None:
