@@ -210,6 +210,16 @@ class LabelStudioAPI:
                                extra=[{"filter": f"filter:tasks:data.{field}",
                                        "operator": "greater", "type": "Number", "value": 0}])
 
+    def assigned_unlabeled_page(self, project: int, field: str, after_id: int,
+                                limit: int) -> list[dict]:
+        """Up to `limit` unlabeled tasks with id > after_id whose `data.<field>` holds a
+        comma-separated list, in id order, with `annotators` (which only `fields=all` fills
+        in: the default fields list it empty, skips included)."""
+        return self._task_walk(project, after_id, limit, unlabeled_only=True, full=True,
+                               extra=[{"filter": f"filter:tasks:data.{field}",
+                                       "operator": "contains", "type": "String",
+                                       "value": ","}])
+
     def _task_walk(self, project: int, after_id: int, limit: int, unlabeled_only: bool,
                    full: bool, labeled_only: bool = False,
                    extra: list[dict] | None = None) -> list[dict]:
@@ -261,18 +271,29 @@ class LabelStudioAPI:
                    body={"selectedItems": {"all": False, "included": task_ids},
                          "value_name": field, "value_type": "String", "value": value})
 
+    def count_tasks(self, project: int, items: list[dict]) -> int:
+        """How many tasks of the project match the Data Manager filter `items` (all of them):
+        the `total` of a one-task page, so the cost does not grow with what matches."""
+        query = {"filters": {"conjunction": "and", "items": items}}
+        found = self._call("GET", "/api/tasks", params={
+            "project": str(project), "page": "1", "page_size": "1", "resolve_uri": "false",
+            "query": json.dumps(query)})
+        if not isinstance(found, dict) or not isinstance(found.get("total"), int):
+            raise LabelStudioError(f"unexpected task count for project {project}")
+        return int(found["total"])
+
     def count_tasks_with_prediction(self, project: int, version: str) -> int | None:
-        """How many tasks hold a prediction of `version` (None if Label Studio cannot say)."""
-        query = {"filters": {"conjunction": "and", "items": [
-            {"filter": "filter:tasks:predictions_model_versions", "operator": "contains",
-             "type": "List", "value": version}]}}
+        """How many tasks hold a prediction of `version` (None if Label Studio cannot say).
+        The value must be a list: Label Studio ORs a substring match over its items, so a
+        bare string matched any version sharing one character with it. A version that
+        another contains (`-v1` in `-v10`) also counts the other's tasks: with versions
+        numbered upward, only after the longer one was promoted and rolled back."""
         try:
-            found = self._call("GET", "/api/tasks", params={
-                "project": str(project), "page": "1", "page_size": "1",
-                "query": json.dumps(query)})
+            return self.count_tasks(project, [
+                {"filter": "filter:tasks:predictions_model_versions", "operator": "contains",
+                 "type": "List", "value": [version]}])
         except LabelStudioError:
             return None
-        return int(found.get("total") or 0) if isinstance(found, dict) else None
 
     def task_pages_by_id(self, project: int, task_ids: list[int],
                          limit: int = 200) -> Iterator[list[dict]]:

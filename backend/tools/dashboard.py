@@ -1,21 +1,27 @@
 """The numbers behind `/dashboard`: what the labelers did with the pre-labels, per project.
 
-One keyset-paged walk over the project's tasks (data and counts) and one over its labeled
-tasks (annotations and predictions) give: tasks labeled from scratch or from a pre-label,
-tasks left with or without one; pre-label boxes accepted unchanged, edited, rejected (shown
-and removed), boxes drawn by hand; the same per labeler; and each labeler's open batch when
-the project has a workload split. A pre-label counts as shown when a prediction with boxes
-existed before the annotation was created. Results are cached for `CACHE_S` per project.
+Nothing here reads every task of a project (issue 16: 118,000 tasks). Unlabeled tasks with
+and without a pre-label are two filtered counts (the `total` of a one-task page); each
+labeler's open batch is read from the unlabeled assigned tasks only (bounded by the batches);
+a keyset walk over the labeled tasks (annotations and predictions) gives: tasks labeled from
+scratch or from a pre-label; pre-label boxes accepted unchanged, edited, rejected (shown and
+removed), boxes drawn by hand; the same per labeler. A pre-label counts as shown when a
+prediction with boxes existed before the annotation was created. The walk grows with the
+labeled tasks, so `StatsCache` computes a project's numbers in a request only the first time
+and afterwards refreshes them in the background once they are older than `CACHE_S`.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
+from backend.core.errors import MLAssistError
 from backend.labelstudio.client import LabelStudioAPI
 from backend.model.dataset import chosen_annotation
 from backend.tools.assign import FIELD, decode
@@ -28,8 +34,14 @@ from backend.tools.provenance import (
     same_box,
 )
 
+logger = logging.getLogger(__name__)
+
 CACHE_S = 30.0
 REJECTED = "rejected"
+UNLABELED = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number",
+             "value": 0}
+PRELABELED = {"filter": "filter:tasks:total_predictions", "operator": "greater",
+              "type": "Number", "value": 0}
 
 
 def _boxes(result: object) -> list[dict]:
@@ -72,24 +84,41 @@ def task_outcome(annotation: dict, predictions: list[dict]) -> Counter:
     return counts
 
 
-def project_stats(api: LabelStudioAPI, project: int,
-                  labelers_wanted: list[str] | None = None) -> dict[str, Any]:
-    users = {u.get("id"): str(u.get("email") or u.get("username") or u.get("id"))
-             for u in api.users()}
-    tasks: Counter = Counter()
+def unlabeled_counts(api: LabelStudioAPI, project: int) -> Counter:
+    """Unlabeled tasks (no annotation that is not a skip) with and without a prediction: two
+    counts, whatever the size of the project."""
+    unlabeled = api.count_tasks(project, [UNLABELED])
+    prelabeled = api.count_tasks(project, [UNLABELED, PRELABELED])
+    return Counter(unlabeled_prelabeled=prelabeled, unlabeled_bare=unlabeled - prelabeled)
+
+
+def open_batches(api: LabelStudioAPI, project: int, users: dict[Any, str]) -> Counter:
+    """Each assignee's open tasks: assigned to them, unlabeled, and not skipped by them (what
+    their Data Manager tab lists). Only unlabeled assigned tasks are read, which the batch
+    size bounds. (The walk over every task this replaced read the default fields, whose
+    `annotators` is always empty, so it counted the tasks a labeler skipped as open.)"""
     assigned_open: Counter = Counter()
     after = 0
-    while page := api.task_page(project, after, 1000):
+    while page := api.assigned_unlabeled_page(project, FIELD, after, 1000):
         for task in page:
-            labeled = int(task.get("total_annotations") or 0) > 0
-            if not labeled:
-                tasks["unlabeled_prelabeled" if int(task.get("total_predictions") or 0)
-                      else "unlabeled_bare"] += 1
+            if int(task.get("total_annotations") or 0) > 0:
+                continue
             annotators = {users.get(a) for a in task.get("annotators") or []}
             for email in decode((task.get("data") or {}).get(FIELD)):
-                if email not in annotators and not labeled:
+                if email not in annotators:
                     assigned_open[email] += 1
         after = int(page[-1]["id"])
+    return assigned_open
+
+
+def project_stats(api: LabelStudioAPI, project: int,
+                  labelers_wanted: list[str] | None = None) -> dict[str, Any]:
+    """The dashboard's numbers of one project (see the module's docstring)."""
+    users = {u.get("id"): str(u.get("email") or u.get("username") or u.get("id"))
+             for u in api.users()}
+    tasks = unlabeled_counts(api, project)
+    assigned_open = open_batches(api, project, users) if labelers_wanted is not None \
+        else Counter()
     boxes: Counter = Counter()
     per_labeler: dict[str, Counter] = {}
     for task in labeled_tasks(api, project, 100):
@@ -128,25 +157,68 @@ def project_stats(api: LabelStudioAPI, project: int,
             "labelers": labelers}
 
 
-class StatsCache:
-    """project_stats per project, recomputed at most every CACHE_S seconds."""
+Stats = Callable[[LabelStudioAPI, int, list[str] | None], dict[str, Any]]
 
-    def __init__(self, ttl: float = CACHE_S) -> None:
+
+class StatsCache:
+    """project_stats per project, stale while revalidated: computed in the request that first
+    asks for a project, then served from here; once older than `ttl`, a background thread
+    (one per project at a time) recomputes them while the older numbers are served. Each
+    answer carries `age_s`, how old its numbers are."""
+
+    def __init__(self, ttl: float = CACHE_S, compute: Stats = project_stats) -> None:
         self.ttl = ttl
+        self._compute = compute
         self._lock = threading.Lock()
         self._entries: dict[tuple, tuple[float, dict[str, Any]]] = {}
+        self._first: dict[tuple, threading.Lock] = {}
+        self._refreshing: set[int] = set()
 
     def get(self, api: LabelStudioAPI, project: int,
             labelers: list[str] | None) -> dict[str, Any]:
-        cache_key = (project, tuple(labelers or ()))
+        cache_key = (project, tuple(labelers) if labelers is not None else None)
         with self._lock:
             hit = self._entries.get(cache_key)
-            if hit is not None and time.monotonic() - hit[0] < self.ttl:
-                return hit[1]
-        stats = project_stats(api, project, labelers)
+            if hit is not None:
+                if time.monotonic() - hit[0] >= self.ttl and project not in self._refreshing:
+                    self._refreshing.add(project)
+                    threading.Thread(target=self._refresh, name=f"stats-{project}",
+                                     args=(api, project, labelers, cache_key),
+                                     daemon=True).start()
+                return self._aged(hit)
+            first = self._first.setdefault(cache_key, threading.Lock())
+        with first:  # concurrent first requests wait for one computation, not one each
+            with self._lock:
+                hit = self._entries.get(cache_key)
+            if hit is None:
+                hit = (time.monotonic(), self._compute(api, project, labelers))
+                with self._lock:
+                    self._entries[cache_key] = hit
+                    self._first.pop(cache_key, None)
+        return self._aged(hit)
+
+    def refreshing(self, project: int) -> bool:
+        """Whether a background refresh of the project is under way."""
         with self._lock:
-            self._entries[cache_key] = (time.monotonic(), stats)
-        return stats
+            return project in self._refreshing
+
+    def _refresh(self, api: LabelStudioAPI, project: int, labelers: list[str] | None,
+                 cache_key: tuple) -> None:
+        try:
+            stats = self._compute(api, project, labelers)
+            with self._lock:
+                self._entries[cache_key] = (time.monotonic(), stats)
+        except MLAssistError as exc:  # the older numbers stay; the next request tries again
+            logger.warning("project %s: dashboard numbers not refreshed: %s", project, exc)
+        except Exception:  # a thread's error would otherwise go unlogged
+            logger.exception("project %s: dashboard numbers not refreshed", project)
+        finally:
+            with self._lock:
+                self._refreshing.discard(project)
+
+    @staticmethod
+    def _aged(hit: tuple[float, dict[str, Any]]) -> dict[str, Any]:
+        return {**hit[1], "age_s": round(time.monotonic() - hit[0], 1)}
 
 
 def learning_curve_svg(versions: list[dict[str, Any]], width: int = 520,
