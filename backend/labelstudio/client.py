@@ -191,10 +191,11 @@ class LabelStudioAPI:
         return self._task_walk(project, after_id, limit, unlabeled_only=True, full=True)
 
     def task_page(self, project: int, after_id: int, limit: int,
-                  where: list[dict] | None = None) -> list[dict]:
-        """Up to `limit` tasks with id > after_id, in id order, data only; `where` adds Data
+                  where: list[dict] | None = None, full: bool = False) -> list[dict]:
+        """Up to `limit` tasks with id > after_id, in id order, data only (`full`: every
+        field, `annotators` included, which the default fields list empty); `where` adds Data
         Manager filter items (all must hold)."""
-        return self._task_walk(project, after_id, limit, unlabeled_only=False, full=False,
+        return self._task_walk(project, after_id, limit, unlabeled_only=False, full=full,
                                extra=where)
 
     def labeled_task_page(self, project: int, after_id: int, limit: int) -> list[dict]:

@@ -139,8 +139,9 @@ def _assigned_tasks(api: LabelStudioAPI, project: int, overlap: int) -> dict[int
     found: dict[int, TaskState] = {}
     after = 0
     while True:
+        # Every field: who annotated or skipped a task (`annotators`) is only listed then.
         page = api.task_page(project, after, PAGE,
-                             where=[ASSIGNED, *_still_needed(overlap)])
+                             where=[ASSIGNED, *_still_needed(overlap)], full=True)
         found.update((state.id, state) for state in map(task_state, page))
         if len(page) < PAGE:
             return found
@@ -173,8 +174,11 @@ def plan_top_up(api: LabelStudioAPI, project: int, labelers: dict[str, int], bat
         short = sum(max(0, batch - count) for count in result.open_tasks.values())
         limit = min(PAGE, max(MIN_FRESH_PAGE, short))
         lagging = walked.index(read_to)
+        # With overlap, a task still needed may hold a label already: its annotator must be
+        # known (every field); with none, a still-needed task has no annotator.
         page = api.task_page(project, int(read_to), limit,
-                             where=[UNASSIGNED[lagging], *_still_needed(overlap)])
+                             where=[UNASSIGNED[lagging], *_still_needed(overlap)],
+                             full=overlap > 1)
         for state in map(task_state, page):
             tasks.setdefault(state.id, state)
         walked[lagging] = math.inf if len(page) < limit else int(page[-1]["id"])
