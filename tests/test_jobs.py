@@ -242,6 +242,29 @@ def test_pushback_killed_halfway_resumes_without_duplicates(world: FakeContext) 
     assert all(p["model_version"] == version for batch in world.api.imports for p in batch)
 
 
+def test_a_slow_import_gathers_pages_into_fewer_imports(world: FakeContext,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label Studio's import costs a fixed 0.5 s here (a large project): after the first page
+    the push-back gathers the rest while it runs, then imports them at once."""
+    world.queue.request_training(PROJECT, forced=True)
+    SimpleWorker([Queue(TRAINING_QUEUE, connection=world.redis)],
+                 connection=world.redis).work(burst=True)
+    world.settings = make_settings(**{**world.env, "PUSHBACK_BATCH": "2"})
+    fast_import = world.api.import_predictions
+
+    def slow_import(project: int, predictions: list[dict]) -> None:
+        time.sleep(0.5)
+        fast_import(project, predictions)
+
+    monkeypatch.setattr(world.api, "import_predictions", slow_import)
+    done = jobtasks.push_back(PROJECT, world)
+    assert done["status"] == "done" and done["imported"] == 10
+    # Five pages of 2; one import per page would be five calls of 0.5 s.
+    assert [len(batch) for batch in world.api.imports] == [2, 8]
+    per_task = Counter(p["task"] for batch in world.api.imports for p in batch)
+    assert sorted(per_task) == list(range(100, 110)) and set(per_task.values()) == {1}
+
+
 def test_new_tasks_get_champion_predictions(world: FakeContext) -> None:
     assert jobtasks.predict_new_tasks(PROJECT, [100], world) == {"status": "no champion"}
     world.queue.request_training(PROJECT, forced=True)

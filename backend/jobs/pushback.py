@@ -173,8 +173,9 @@ def _walk(ctx: Context, project: int, walk: _PushBackWalk, predict: Callable[[li
     """List, predict and import the backlog from the cursor; False when stopped early.
 
     Three stages overlap: Label Studio lists the next page and imports the gathered pages'
-    predictions while this page is predicted. The cursor moves only after an import, so a
-    killed job resumes at the first page not imported."""
+    predictions while this page is predicted; pages predicted while an import is still
+    running join the next one. The cursor moves only after an import, so a killed job resumes
+    at the first page not imported."""
     gathered = walk.gathered
     with ThreadPoolExecutor(2, thread_name_prefix="pushback-io") as io:
         batch = ctx.settings.pushback_batch
@@ -187,9 +188,12 @@ def _walk(ctx: Context, project: int, walk: _PushBackWalk, predict: Callable[[li
             predictions, bad = predict(tasks)
             if not gathered.add(predictions, bad, len(tasks), page_cursor):
                 continue
-            if importing is not None and walk.finish(importing.result()):
-                page.cancel()
-                return False
+            if importing is not None:
+                if not importing.done() and gathered.seen < MAX_IMPORT_BATCH:
+                    continue  # Label Studio is still importing: predict on, import more then
+                if walk.finish(importing.result()):
+                    page.cancel()
+                    return False
             importing = io.submit(gathered.send, *gathered.take())
         if importing is not None and walk.finish(importing.result()):
             return False
@@ -224,8 +228,10 @@ def push_back(project: int, context: Context | None = None,
             lock.ensure()
             return _predictions(version, tasks, predictor, detector, config)
 
+        walking = time.perf_counter()
         if not _walk(ctx, project, walk, predict, clock):
             return walk.stopped()
+        clock.add("walk", time.perf_counter() - walking)  # wall time from first list to end
         shown, imported, failed = walk.shown, walk.imported, walk.failed
         if not shown and ctx.api.count_tasks_with_prediction(project, version):
             ctx.api.update_project(project, model_version=version)  # resumed after the import
