@@ -89,3 +89,29 @@ def test_imported_labels_count_as_labeled(label_studio: LabelStudioServer) -> No
     assert labeled_task_count(record) == 8
     listed = next(p for p in api.projects() if p["id"] == project)
     assert labeled_task_count(listed) == 8  # the dashboard's project list
+
+
+def test_tasks_lacking_a_version_leave_out_exactly_those_that_hold_it(
+        label_studio: LabelStudioServer) -> None:
+    """The push-back's listing: unlabeled tasks without the champion's version, Label
+    Studio's default fields. A task holding another version, or none, is listed; one holding
+    a version that contains the asked one as a substring is not (Label Studio's matching)."""
+    client = LabelStudio(base_url=label_studio.url, api_key=ADMIN_TOKEN)
+    project = client.projects.create(title="lacking a version", label_config=CONFIG).id
+    api = LabelStudioAPI(LabelStudioAuth(label_studio.url, ADMIN_TOKEN))
+    ids = api.import_tasks(project, [{"data": {"image": f"http://images.invalid/{i}.png"}}
+                                     for i in range(6)])
+    assert ids is not None and len(ids) == 6
+    held = {ids[0]: ["m-v2"], ids[1]: ["m-v1"], ids[2]: ["m-v1", "m-v2"], ids[4]: ["m-v20"]}
+    api.import_predictions(project, [
+        {"task": task, "result": [], "score": 0.5, "model_version": version}
+        for task, versions in held.items() for version in versions])
+    client.annotations.create(id=ids[5], result=[])  # labeled: never listed
+    listed = api.tasks_after(project, 0, 100, lacking="m-v2")
+    assert [t["id"] for t in listed] == [ids[1], ids[3]]
+    assert all("predictions" not in t and t["data"]["image"].startswith("http://images.invalid")
+               for t in listed)
+    assert [t["id"] for t in api.tasks_after(project, ids[1], 100, lacking="m-v2")] == [ids[3]]
+    everything = api.tasks_after(project, 0, 100)
+    assert [t["id"] for t in everything] == ids[:5]
+    assert [p["model_version"] for p in everything[2]["predictions"]] == ["m-v1", "m-v2"]

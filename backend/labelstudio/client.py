@@ -185,10 +185,20 @@ class LabelStudioAPI:
             raise LabelStudioError(f"unexpected export format for project {project}")
         return [task for task in tasks if isinstance(task, dict)]
 
-    def tasks_after(self, project: int, after_id: int, limit: int) -> list[dict]:
-        """Up to `limit` unlabeled tasks with id > after_id, in id order, with predictions and
-        raw data (keyset paging: labelers working meanwhile cannot make it skip tasks)."""
-        return self._task_walk(project, after_id, limit, unlabeled_only=True, full=True)
+    def tasks_after(self, project: int, after_id: int, limit: int,
+                    lacking: str | None = None) -> list[dict]:
+        """Up to `limit` unlabeled tasks with id > after_id, in id order, with raw data
+        (keyset paging: labelers working meanwhile cannot make it skip tasks): with their
+        predictions, or, given `lacking`, only those without a prediction of that version and
+        without listing predictions (Label Studio's default fields, about half its work per
+        task). Label Studio matches versions as substrings: `lacking` also leaves out tasks
+        holding a version that contains it (`-v1` in `-v10`)."""
+        if lacking is None:
+            return self._task_walk(project, after_id, limit, unlabeled_only=True, full=True)
+        return self._task_walk(project, after_id, limit, unlabeled_only=True, full=False,
+                               extra=[{"filter": "filter:tasks:predictions_model_versions",
+                                       "operator": "not_contains", "type": "List",
+                                       "value": [lacking]}])
 
     def task_page(self, project: int, after_id: int, limit: int,
                   where: list[dict] | None = None, full: bool = False) -> list[dict]:
