@@ -17,14 +17,16 @@ the bare forward over the window's images (the ceiling) and the push-back over t
 `--window` backlog tasks; a `--new`-task import and its TASKS_CREATED job; then the
 correctness checks (each backlog task of the window and each new task holds exactly one
 prediction of the champion's version, nothing else does, every labeled task is in the training
-read); and last what each way of storing predictions costs per call at that size.
+read; with `--full-pushback` after a push-back over every unlabeled task left, its model
+replaced by a stand-in that answers at once); and last what each way of storing predictions
+costs per call at that size.
 
 Label Studio runs as it ships (its bulk prediction import recounts every task of the project on
 each call); `--fast-prediction-import` starts it with the feature flag that makes an import
 recount only the tasks it touches, as MLAssist's own stacks do (backend/demo/localstack.py).
 
     python benchmarks/scale.py [--tasks 118000] [--small 4000] [--labeled 2000] [--window 2000]
-        [--new 5000] [--fast-prediction-import] [--only op,op] [--out FILE]
+        [--new 5000] [--fast-prediction-import] [--full-pushback] [--only op,op] [--out FILE]
 """
 
 from __future__ import annotations
@@ -144,9 +146,14 @@ def one_size(args: argparse.Namespace, api: LabelStudioAPI, base: Spec, registry
         if wanted is None or name in wanted or name == "dataset":
             entry[name] = measured(name, spec)
             print(f"{size} tasks: {name} {entry[name]}", file=sys.stderr)
-    pushed = entry.get("pushback", {}).get("items", 0)
-    entry["checks"] = checks(api, spec, version, pushed + entry.get("new_tasks", {}).get(
-        "items", 0), len(labeled_ids), entry["dataset"]["items"])
+    expected = entry.get("pushback", {}).get("items", 0) + entry.get("new_tasks", {}).get(
+        "items", 0)
+    if args.full_pushback:
+        entry["pushback_all"] = measured("pushback_all", spec)
+        print(f"{size} tasks: pushback_all {entry['pushback_all']}", file=sys.stderr)
+        expected = int(api.project(project).get("task_number") or 0) - len(labeled_ids)
+    entry["checks"] = checks(api, spec, version, expected, len(labeled_ids),
+                             entry["dataset"]["items"])
     print(f"{size} tasks: checks {entry['checks']}", file=sys.stderr)
     if wanted is None or "store_cost" in wanted:
         entry["store_cost"] = measured("store_cost", spec)
@@ -196,6 +203,9 @@ def main() -> None:
     parser.add_argument("--boxes-per-task", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--fast-prediction-import", action="store_true")
+    parser.add_argument("--full-pushback", action="store_true",
+                        help="then push back every unlabeled task left (a stand-in model) and "
+                             "check that each holds exactly one champion prediction")
     parser.add_argument("--only", help="comma-separated operations (default: all)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--operation", help=argparse.SUPPRESS)

@@ -92,6 +92,10 @@ def serve_folder(folder: str, port: int) -> None:
     from http.server import SimpleHTTPRequestHandler
 
     class Quiet(SimpleHTTPRequestHandler):
+        # Keep-alive, as real image hosts (Azure Blob, Label Studio) answer: HTTP/1.0 would
+        # cost a connection, and a server thread, per image.
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, *args: object) -> None:
             pass
 

@@ -55,10 +55,23 @@ class FakeLabelStudio:
     def labeled_tasks(self, project: int) -> list[dict]:
         return [task for task in self.tasks if task.get("annotations")]
 
-    def tasks_after(self, project: int, after_id: int, limit: int) -> list[dict]:
-        found = sorted((t for t in self.tasks if not t.get("annotations") and t["id"] > after_id),
+    def tasks_after(self, project: int, after_id: int, limit: int,
+                    lacking: str | None = None) -> list[dict]:
+        found = sorted((t for t in self.tasks if not t.get("annotations") and t["id"] > after_id
+                        and not (lacking and any(lacking in str(p.get("model_version"))
+                                                 for p in t.get("predictions") or []))),
                        key=lambda t: t["id"])
+        if lacking:  # as Label Studio answers it: the default fields, no predictions
+            return [{k: v for k, v in t.items() if k != "predictions"} for t in found[:limit]]
         return [dict(t) for t in found[:limit]]
+
+    def model_versions(self, project: int) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for task in self.tasks:
+            for prediction in task.get("predictions") or []:
+                name = str(prediction.get("model_version"))
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def task_pages_by_id(self, project: int, task_ids: list[int]) -> Iterator[list[dict]]:
         if found := [dict(t) for t in self.tasks if t["id"] in task_ids]:

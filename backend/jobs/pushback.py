@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from backend.core.errors import LabelStudioError
 from backend.core.settings import Settings
 from backend.jobs.context import Context, acquire, progress
 from backend.jobs.policy import import_batch
@@ -168,23 +169,40 @@ class _PushBackWalk:
         return {"status": "stopped", "imported": self.imported, "cursor": self.cursor}
 
 
+def _lacking(ctx: Context, project: int, version: str) -> str | None:
+    """The version to list tasks without, or None to list every unlabeled task with its
+    predictions. Label Studio filters versions by substring, so the cheaper listing is used
+    only when no other version in the project contains this one (`-v1` in `-v10`)."""
+    try:
+        others = [name for name in ctx.api.model_versions(project) if name != version]
+    except LabelStudioError as exc:
+        logger.warning("project %s: no model versions from Label Studio (%s); listing tasks "
+                       "with their predictions", project, exc)
+        return None
+    return None if any(version in name for name in others) else version
+
+
 def _walk(ctx: Context, project: int, walk: _PushBackWalk, predict: Callable[[list[dict]], Any],
           clock: StageClock) -> bool:
     """List, predict and import the backlog from the cursor; False when stopped early.
 
-    Three stages overlap: Label Studio lists the next page and imports the gathered pages'
+    Tasks that already hold the version are left out by Label Studio where that is exact
+    (`_lacking`), else listed with their predictions and skipped here. Three stages overlap:
+    Label Studio lists the next page and imports the gathered pages'
     predictions while this page is predicted; pages predicted while an import is still
     running join the next one. The cursor moves only after an import, so a killed job resumes
     at the first page not imported."""
     gathered = walk.gathered
+    lacking = _lacking(ctx, project, walk.version)
     with ThreadPoolExecutor(2, thread_name_prefix="pushback-io") as io:
         batch = ctx.settings.pushback_batch
-        page = io.submit(clock.timed, "list", ctx.api.tasks_after, project, walk.cursor, batch)
+        page = io.submit(clock.timed, "list", ctx.api.tasks_after, project, walk.cursor, batch,
+                         lacking)
         importing: Future | None = None
         while tasks := page.result():
             page_cursor = max(int(t["id"]) for t in tasks)
             page = io.submit(clock.timed, "list", ctx.api.tasks_after, project, page_cursor,
-                             batch)
+                             batch, lacking)
             predictions, bad = predict(tasks)
             if not gathered.add(predictions, bad, len(tasks), page_cursor):
                 continue

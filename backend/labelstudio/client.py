@@ -328,6 +328,11 @@ class LabelStudioAPI:
         """Bulk-create predictions: [{"task", "result", "score", "model_version"}, ...]."""
         self._call("POST", f"/api/projects/{project}/import/predictions", body=predictions)
 
+    def model_versions(self, project: int) -> dict[str, int]:
+        """The prediction versions in the project, with how many predictions each has."""
+        found = self._call("GET", f"/api/projects/{project}/model-versions/")
+        return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
     def update_project(self, project: int, **fields: object) -> dict:
         found = self._call("PATCH", f"/api/projects/{project}", body=fields)
         return found if isinstance(found, dict) else {}
