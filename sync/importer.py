@@ -187,7 +187,8 @@ class Importer:
         if any(task_id < 0 for task_id, _ in todo.changed + todo.returned) \
                 or any(task_id < 0 for task_id in todo.vanished):
             # A blob imported earlier by this process changed or vanished: its task id is
-            # not known yet (imports return none); read the new tasks back, then plan again.
+            # not known (Label Studio's import did not return ids); read the new tasks back,
+            # then plan again.
             self._learn_new_tasks()
             todo = plan(listed, self.imported, self.max_bytes)
         report.skipped = todo.skipped

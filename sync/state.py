@@ -11,8 +11,9 @@ Per project, two hashes:
   foreign), `format`, and `dirty` while a pass is patching tasks (a process killed then may
   have patched a task without recording it, so the next start rebuilds).
 
-Tasks imported by a running sync have no known id until read back: they are not cached; the
-next walk of the tasks above `covered` finds them.
+Tasks a running sync imports are cached with the ids the import returns; `covered` moves past
+them only when Label Studio's task count shows no one else's tasks among them (otherwise the
+next walk of the tasks above `covered` reads them).
 """
 
 from __future__ import annotations
