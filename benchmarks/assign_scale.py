@@ -60,7 +60,7 @@ def _before_issue_16(api: LabelStudioAPI, project: int, emails: list[str], batch
         after = int(page[-1]["id"])
     result = assign.plan(tasks, labelers, batch, overlap)
     for task_id, assignees in result.changes.items():
-        api.update_task(task_id, data={**api.task_data(task_id),
+        api.update_task(task_id, data={**api.task_data(project, task_id),
                                        assign.FIELD: assign.encode(assignees)})
     api.views(project)
     return {"changed_tasks": len(result.changes), "open": result.open_tasks}

@@ -250,7 +250,8 @@ class Importer:
         """Write the sync's own keys over the task's current data (Label Studio replaces
         `data` whole, and others keep keys there too, e.g. `mlassist assign`)."""
         owned = (self.image_key, KEY_FIELD, ETAG_FIELD, MISSING_FIELD, EXPIRY_FIELD)
-        data = {**self.api.task_data(task_id), **{k: data[k] for k in owned if k in data}}
+        current = self.api.task_data(self.project, task_id)
+        data = {**current, **{k: data[k] for k in owned if k in data}}
         self.api.update_task(task_id, data=data)
         return data
 

@@ -254,10 +254,11 @@ def test_the_assignee_filters_split_tasks_and_the_bulk_write_keeps_other_data(
     # Why two walks: `not_contains` leaves out the task that has no field at all.
     not_contains = {**ASSIGNED, "operator": "not_contains"}
     assert matching(not_contains) == [ids[1], ids[5]]
-    assert ls_api.task_data(ids[4]) == {"image": "https://img.example.com/4.jpg",
-                                         FIELD: ",a@x,b@y,"}
-    assert ls_api.task_data(ids[5]) == {"image": "https://img.example.com/5.jpg", FIELD: ""}
-    assert FIELD not in ls_api.task_data(ids[0])
+    assert ls_api.task_data(project, ids[4]) == {"image": "https://img.example.com/4.jpg",
+                                                  FIELD: ",a@x,b@y,"}
+    assert ls_api.task_data(project, ids[5]) == {"image": "https://img.example.com/5.jpg",
+                                                  FIELD: ""}
+    assert FIELD not in ls_api.task_data(project, ids[0])
 
 
 @pytest.mark.e2e
@@ -333,4 +334,4 @@ def test_without_the_bulk_action_the_top_up_writes_task_by_task(
     api.top_up(project, list(labelers), 5)
     assert held(ls_api, project) == want
     assert api.calls["update_task"] == api.calls["task_data"] == 10
-    assert ls_api.task_data(ids[0])["image"] == "https://img.example.com/0.jpg"
+    assert ls_api.task_data(project, ids[0])["image"] == "https://img.example.com/0.jpg"

@@ -43,7 +43,7 @@ def test_next_tab_serves_the_highest_priority_first(label_studio: LabelStudioSer
     logger.info("priorities of %d tasks written in %.2f s", len(ids),
                 time.perf_counter() - started)
     client.annotations.create(id=ids[2], result=[])
-    assert api.task_data(ids[0]) == {"image": "/x/0.jpg", FIELD: 0.4}
+    assert api.task_data(project, ids[0]) == {"image": "/x/0.jpg", FIELD: 0.4}
     views = [v for v in api.views(project) if v.get("data", {}).get("title") == VIEW_TITLE]
     assert len(views) == 1
     found = requests.get(f"{label_studio.url}/api/tasks", timeout=30,

@@ -5,9 +5,15 @@ imported counts them as labeled."""
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
+import requests
 from label_studio_sdk import LabelStudio
 
+from backend.core.errors import LabelStudioError
 from backend.labelstudio.client import (
     LabelStudioAPI,
     LabelStudioAuth,
@@ -115,3 +121,66 @@ def test_tasks_lacking_a_version_leave_out_exactly_those_that_hold_it(
     everything = api.tasks_after(project, 0, 100)
     assert [t["id"] for t in everything] == ids[:5]
     assert [p["model_version"] for p in everything[2]["predictions"]] == ["m-v1", "m-v2"]
+
+
+class _PredictCounter(BaseHTTPRequestHandler):
+    """A stand-in ML backend that counts Label Studio's /predict calls."""
+
+    predicts = 0
+
+    def _answer(self, body: dict) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self) -> None:  # /health
+        self._answer({"status": "UP", "model_class": "counter"})
+
+    def do_POST(self) -> None:  # /setup, /predict
+        length = int(self.headers.get("Content-Length") or 0)
+        tasks = json.loads(self.rfile.read(length) or b"{}").get("tasks") or []
+        if self.path.rstrip("/").endswith("predict"):
+            type(self).predicts += 1
+        self._answer({"model_version": "counter", "results": [
+            {"result": [], "score": 0.5, "model_version": "counter"} for _ in tasks]})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_reading_a_tasks_data_does_not_make_label_studio_predict_it(
+        label_studio: LabelStudioServer) -> None:
+    """Label Studio's `GET /api/tasks/<id>` asks the connected ML backend for a prediction of
+    a task without one, labeled or not, and stores it: the label-error review once gave a
+    labeled task a champion prediction that way. `task_data` reads through the task list."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PredictCounter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = LabelStudio(base_url=label_studio.url, api_key=ADMIN_TOKEN)
+        project = client.projects.create(title="data reads", label_config=CONFIG).id
+        api = LabelStudioAPI(LabelStudioAuth(label_studio.url, ADMIN_TOKEN))
+        ids = api.import_tasks(project, [{"data": {"image": f"http://images.invalid/{i}.png",
+                                                   "n": i}} for i in range(3)])
+        assert ids is not None
+        client.annotations.create(id=ids[0], result=[])
+        api.create_ml_backend(project=project, title="counter",
+                              url=f"http://127.0.0.1:{server.server_port}")
+        _PredictCounter.predicts = 0
+
+        assert api.task_data(project, ids[0]) == {"image": "http://images.invalid/0.png",
+                                                  "n": 0}
+        assert api.task_data(project, ids[1])["n"] == 1
+        with pytest.raises(LabelStudioError, match="no task"):
+            api.task_data(project, ids[-1] + 1000)
+        assert _PredictCounter.predicts == 0
+        assert not list(client.predictions.list(project=project))
+
+        # What the task's own endpoint does (why it is not used): the backend is asked.
+        requests.get(f"{label_studio.url}/api/tasks/{ids[2]}", timeout=60,
+                     headers={"Authorization": f"Token {ADMIN_TOKEN}"}).raise_for_status()
+        assert _PredictCounter.predicts == 1
+    finally:
+        server.shutdown()

@@ -178,10 +178,14 @@ class LabelStudioAPI:
             return [int(i) for i in ids]
         return None
 
-    def task_data(self, task_id: int) -> dict:
-        """A task's `data` as stored (URIs unresolved), read just before changing it."""
-        task = self._call("GET", f"/api/tasks/{task_id}", params={"resolve_uri": "false"})
-        data = task.get("data") if isinstance(task, dict) else None
+    def task_data(self, project: int, task_id: int) -> dict:
+        """A task's `data` as stored (URIs unresolved), read just before changing it. Read
+        through the task list: Label Studio's `GET /api/tasks/<id>` asks the connected ML
+        backend for a prediction of any task without one (labeled tasks too) and stores it."""
+        found = self._task_walk(project, task_id - 1, 1, unlabeled_only=False, full=False)
+        if not found or int(found[0].get("id", -1)) != task_id:
+            raise LabelStudioError(f"project {project} has no task {task_id}")
+        data = found[0].get("data")
         return dict(data) if isinstance(data, dict) else {}
 
     def update_task(self, task_id: int, **fields: object) -> None:

@@ -199,7 +199,7 @@ def _write(api: LabelStudioAPI, project: int, changes: dict[int, frozenset[str]]
                 for task_id in chunk:
                     # Re-read right before writing: Label Studio replaces `data` whole, and
                     # the sync may have re-signed the task's URL since the walk.
-                    api.update_task(task_id, data={**api.task_data(task_id), FIELD: value})
+                    api.update_task(task_id, data={**api.task_data(project, task_id), FIELD: value})
 
 
 def view_filters(email: str, user_id: int, overlap: int) -> dict[str, Any]:

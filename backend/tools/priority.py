@@ -37,7 +37,7 @@ def next_view() -> dict[str, Any]:
 def write_priorities(api: LabelStudioAPI, project: int, priorities: dict[int, float]) -> int:
     """Write each task's priority into its data and make sure the tab exists; tasks written."""
     for task_id, value in priorities.items():
-        api.update_task(task_id, data={**api.task_data(task_id), FIELD: round(value, 4)})
+        api.update_task(task_id, data={**api.task_data(project, task_id), FIELD: round(value, 4)})
     if priorities and not any(v.get("data", {}).get("title") == VIEW_TITLE
                               for v in api.views(project)):
         api.create_view(project, next_view())

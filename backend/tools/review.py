@@ -160,12 +160,12 @@ def mark_tasks(api: LabelStudioAPI, project: int, report: dict[str, Any],
     wanted = dict(list(wanted.items())[:most])  # report tasks are worst first
     marked = cleared = 0
     for task_id in set(_flagged_now(api, project)) - set(wanted):
-        data = api.task_data(task_id)  # Label Studio replaces `data` whole: re-read first
+        data = api.task_data(project, task_id)  # Label Studio replaces `data` whole: re-read first
         api.update_task(task_id, data={k: v for k, v in data.items()
                                        if k not in (FIELD, REASONS_FIELD)})
         cleared += 1
     for task_id, task in wanted.items():
-        data = api.task_data(task_id)
+        data = api.task_data(project, task_id)
         fields = {FIELD: task["score"], REASONS_FIELD: reasons_text(task)}
         if any(data.get(k) != v for k, v in fields.items()):
             api.update_task(task_id, data={**data, **fields})
