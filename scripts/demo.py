@@ -248,7 +248,7 @@ def _welcome(demo: Demo, settings: Settings, project: int) -> None:
         f"{setup.get('labels_uncovered') or 'none'}")
     say(f"Label {settings.train_min_labeled} images (or let `./scripts/up.sh label` do it "
         "from another terminal): a worker trains a model, and if it is good enough, every "
-        "unlabeled image gets its boxes as pre-labels (about 3 minutes after the last label "
+        "unlabeled image gets its boxes as pre-labels (about 6 minutes after the last label "
         "on 2 CPU cores, training from scratch).")
     say(f"Status: {demo.backend_url}/status?project={project}  (user mlassist / "
         f"{demo.keys['basic_pass']})")

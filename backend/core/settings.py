@@ -130,7 +130,7 @@ class Settings:
         "Where training keeps downloaded task images, keyed by the task's image reference.")
     train_steps: int = setting(
         "TRAIN_STEPS", parse.positive_int, "500",
-        "Optimizer steps per training round (about 4.5 min for SSDlite on 2 CPU cores); the "
+        "Optimizer steps per training round (5-6 min for SSDlite on 2 CPU cores); the "
         "most a round takes when TRAIN_EPOCHS is set.")
     train_epochs: float = setting(
         "TRAIN_EPOCHS", parse.non_negative_float, "0",
