@@ -182,7 +182,9 @@ class LabelStudioAPI:
         """A task's `data` as stored (URIs unresolved), read just before changing it. Read
         through the task list: Label Studio's `GET /api/tasks/<id>` asks the connected ML
         backend for a prediction of any task without one (labeled tasks too) and stores it."""
-        found = self._task_walk(project, task_id - 1, 1, unlabeled_only=False, full=False)
+        found = self._task_walk(project, task_id - 1, 1, unlabeled_only=False, full=False,
+                                extra=[{"filter": "filter:tasks:id", "operator": "equal",
+                                        "type": "Number", "value": task_id}])
         if not found or int(found[0].get("id", -1)) != task_id:
             raise LabelStudioError(f"project {project} has no task {task_id}")
         data = found[0].get("data")
