@@ -1,7 +1,8 @@
 """`/dashboard` and `/status` at scale (issue 16) against a real Label Studio: the dashboard's
 counts of unlabeled tasks and open batches equal what the walk over every task gave, and the
 requests per dashboard and per status do not grow with the project's tasks; the stats cache
-computes in a request only the first time and refreshes in the background afterwards."""
+computes in the background, a first request waits for it a bounded time (the page then says the
+numbers are coming), later ones get cached numbers refreshed in the background."""
 
 from __future__ import annotations
 
@@ -233,3 +234,56 @@ def test_cache_computes_a_project_once_for_concurrent_first_requests() -> None:
         thread.join(10)
     assert compute.calls == 1 and [a["number"] for a in answers] == [1] * 4
     assert cache.get(None, 3, None)["number"] == 2, "another labeler list: other numbers"  # type: ignore
+
+
+def test_a_slow_first_computation_answers_pending_and_lands_in_the_background() -> None:
+    compute = SlowStats()
+    compute.release.clear()  # a labeled walk of minutes
+    cache = StatsCache(ttl=60, compute=compute, first_wait=0.3)
+    started = time.monotonic()
+    first = cache.get(None, 5, None)  # type: ignore[arg-type]
+    assert 0.3 <= time.monotonic() - started < 2, "the request waits first_wait, no longer"
+    assert first["pending"] is True and first["pending_s"] >= 0.3
+    again = cache.get(None, 5, None)  # type: ignore[arg-type]
+    assert again["pending"] is True and compute.calls == 1, "one computation, not one each"
+    assert cache.refreshing(5)
+    compute.release.set()
+    deadline = time.monotonic() + 5
+    while cache.refreshing(5) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done = cache.get(None, 5, None)  # type: ignore[arg-type]
+    assert done["number"] == 1 and "pending" not in done and compute.calls == 1
+
+
+def test_a_failed_first_computation_says_why_and_the_next_request_tries_again() -> None:
+    from backend.core.errors import LabelStudioError
+
+    calls = []
+
+    def compute(api: Any, project: int, labelers: list[str] | None) -> dict[str, Any]:
+        calls.append(project)
+        if len(calls) == 1:
+            raise LabelStudioError("Label Studio at http://ls.invalid is unreachable")
+        return {"number": len(calls)}
+
+    cache = StatsCache(ttl=60, compute=compute, first_wait=5)
+    with pytest.raises(LabelStudioError, match="unreachable"):
+        cache.get(None, 9, None)  # type: ignore[arg-type]
+    assert cache.get(None, 9, None)["number"] == 2 and len(calls) == 2  # type: ignore
+
+
+def test_the_dashboard_page_says_the_numbers_are_coming_while_they_are_computed() -> None:
+    from backend.http.app import create_app
+
+    app = create_app(make_settings())
+    status = {"title": "seed", "tasks": 118000, "labeled": 117000, "champion": None,
+              "next_training_at_labeled": 117100,
+              "jobs": {"running": [], "queued": [], "failed": []}}
+    page = app.jinja_env.get_template("dashboard.html").render(
+        project=3, ls_url="http://ls", status=status,
+        stats={"pending": True, "pending_s": 12.4}, versions=[], review=None,
+        assignment=None, jobs_error=None, curve="", cache_s=30)
+    assert "labeling numbers being computed (12 s so far" in page
+    assert "Tasks, pre-label boxes and labelers: being computed." in page
+    assert 'data-stat="acceptance">–<' in page and 'data-stat="accepted"' not in page
+    assert "<h2>Labelers</h2>" not in page and "<h2>Models</h2>" in page

@@ -7,8 +7,9 @@ a keyset walk over the labeled tasks (annotations and predictions) gives: tasks 
 scratch or from a pre-label; pre-label boxes accepted unchanged, edited, rejected (shown and
 removed), boxes drawn by hand; the same per labeler. A pre-label counts as shown when a
 prediction with boxes existed before the annotation was created. The walk grows with the
-labeled tasks, so `StatsCache` computes a project's numbers in a request only the first time
-and afterwards refreshes them in the background once they are older than `CACHE_S`.
+labeled tasks, so `StatsCache` computes them in the background: a project's first request
+waits for them at most `FIRST_WAIT_S` (then the page says they are coming), later requests
+get the cached numbers, refreshed once older than `CACHE_S`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from backend.tools.provenance import (
 logger = logging.getLogger(__name__)
 
 CACHE_S = 30.0
+# The longest a request waits for a project's first numbers before the page says they are coming
+FIRST_WAIT_S = 10.0
 REJECTED = "rejected"
 UNLABELED = {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number",
              "value": 0}
@@ -160,61 +163,85 @@ def project_stats(api: LabelStudioAPI, project: int,
 Stats = Callable[[LabelStudioAPI, int, list[str] | None], dict[str, Any]]
 
 
-class StatsCache:
-    """project_stats per project, stale while revalidated: computed in the request that first
-    asks for a project, then served from here; once older than `ttl`, a background thread
-    (one per project at a time) recomputes them while the older numbers are served. Each
-    answer carries `age_s`, how old its numbers are."""
+class _Run:
+    """One computation of a project's numbers, under way in a thread of its own."""
 
-    def __init__(self, ttl: float = CACHE_S, compute: Stats = project_stats) -> None:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.error: Exception | None = None
+
+
+class StatsCache:
+    """project_stats per project, stale while revalidated. A project's numbers are computed
+    in a thread of their own: the request that first asks waits for them at most `first_wait`
+    seconds (None: as long as it takes) and otherwise gets `{"pending": True, "pending_s":
+    ...}` (the labeled walk of a project with 100,000 labels takes minutes, past the web
+    timeout); concurrent first requests wait for the same computation. Once older than `ttl`,
+    the numbers are recomputed in the background (one computation per project at a time)
+    while the older ones are served. Each answer carries `age_s`, how old its numbers are."""
+
+    def __init__(self, ttl: float = CACHE_S, compute: Stats = project_stats,
+                 first_wait: float | None = FIRST_WAIT_S) -> None:
         self.ttl = ttl
+        self.first_wait = first_wait
         self._compute = compute
         self._lock = threading.Lock()
         self._entries: dict[tuple, tuple[float, dict[str, Any]]] = {}
-        self._first: dict[tuple, threading.Lock] = {}
-        self._refreshing: set[int] = set()
+        self._runs: dict[tuple, _Run] = {}
 
     def get(self, api: LabelStudioAPI, project: int,
             labelers: list[str] | None) -> dict[str, Any]:
         cache_key = (project, tuple(labelers) if labelers is not None else None)
         with self._lock:
             hit = self._entries.get(cache_key)
-            if hit is not None:
-                if time.monotonic() - hit[0] >= self.ttl and project not in self._refreshing:
-                    self._refreshing.add(project)
-                    threading.Thread(target=self._refresh, name=f"stats-{project}",
-                                     args=(api, project, labelers, cache_key),
-                                     daemon=True).start()
-                return self._aged(hit)
-            first = self._first.setdefault(cache_key, threading.Lock())
-        with first:  # concurrent first requests wait for one computation, not one each
-            with self._lock:
-                hit = self._entries.get(cache_key)
-            if hit is None:
-                hit = (time.monotonic(), self._compute(api, project, labelers))
-                with self._lock:
-                    self._entries[cache_key] = hit
-                    self._first.pop(cache_key, None)
-        return self._aged(hit)
+            run = self._runs.get(cache_key)
+            stale = hit is not None and time.monotonic() - hit[0] >= self.ttl
+            if run is None and (hit is None or stale and not self._busy(project)):
+                run = self._start(api, project, labelers, cache_key)
+        if hit is not None:
+            return self._aged(hit)
+        assert run is not None
+        run.done.wait(self.first_wait)
+        with self._lock:
+            hit = self._entries.get(cache_key)
+        if hit is not None:
+            return self._aged(hit)
+        if run.error is not None:
+            raise run.error  # the first computation failed: say why, the next request retries
+        return {"pending": True, "pending_s": round(time.monotonic() - run.started, 1)}
 
     def refreshing(self, project: int) -> bool:
-        """Whether a background refresh of the project is under way."""
+        """Whether the project's numbers are being computed."""
         with self._lock:
-            return project in self._refreshing
+            return self._busy(project)
 
-    def _refresh(self, api: LabelStudioAPI, project: int, labelers: list[str] | None,
-                 cache_key: tuple) -> None:
+    def _busy(self, project: int) -> bool:
+        return any(key[0] == project for key in self._runs)
+
+    def _start(self, api: LabelStudioAPI, project: int, labelers: list[str] | None,
+               cache_key: tuple) -> _Run:
+        run = self._runs[cache_key] = _Run()
+        threading.Thread(target=self._run, name=f"stats-{project}",
+                         args=(api, project, labelers, cache_key, run), daemon=True).start()
+        return run
+
+    def _run(self, api: LabelStudioAPI, project: int, labelers: list[str] | None,
+             cache_key: tuple, run: _Run) -> None:
         try:
             stats = self._compute(api, project, labelers)
             with self._lock:
                 self._entries[cache_key] = (time.monotonic(), stats)
         except MLAssistError as exc:  # the older numbers stay; the next request tries again
-            logger.warning("project %s: dashboard numbers not refreshed: %s", project, exc)
-        except Exception:  # a thread's error would otherwise go unlogged
-            logger.exception("project %s: dashboard numbers not refreshed", project)
+            run.error = exc
+            logger.warning("project %s: dashboard numbers not computed: %s", project, exc)
+        except Exception as exc:  # a thread's error would otherwise go unlogged
+            run.error = exc
+            logger.exception("project %s: dashboard numbers not computed", project)
         finally:
             with self._lock:
-                self._refreshing.discard(project)
+                self._runs.pop(cache_key, None)
+            run.done.set()
 
     @staticmethod
     def _aged(hit: tuple[float, dict[str, Any]]) -> dict[str, Any]:
