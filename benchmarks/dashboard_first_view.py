@@ -14,7 +14,6 @@ bounded first wait, in one run against one fresh Label Studio (2 cores here).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from label_studio_sdk import LabelStudio
 from backend.labelstudio.client import LabelStudioAPI, LabelStudioAuth
 from backend.tools.dashboard import FIRST_WAIT_S, StatsCache
 from benchmarks.export import tasks
+from benchmarks.report import emit
 from tests.labels import CONFIG
 from tests.labelstudio import ADMIN_TOKEN, start_label_studio
 
@@ -66,10 +66,7 @@ def main() -> None:
         result = measure(api, project, args.labeled)
     finally:
         server.stop()
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
